@@ -1,0 +1,264 @@
+//! Golden byte vectors: the exact bytes of each frame kind. If one of these changes, the wire format
+//! changed and every deployed appliance and kernel module breaks: bump `VERSION` instead.
+
+use protocol::*;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn emit_request(req: &Request<'_>, id: u64, flags: u16) -> Vec<u8> {
+    let mut buf = vec![0u8; MAX_FRAME];
+    let n = req.emit(id, flags, &mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn emit_reply(op: Opcode, reply: &Reply<'_>, id: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; MAX_FRAME];
+    let n = reply.emit(op as u8, id, &mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+const KEY: PageKey = PageKey {
+    pool: 7,
+    object: [1, 2, 0x0102_0304_0506_0708],
+    index: 0x2a,
+};
+
+#[test]
+fn hello_request() {
+    let frame = emit_request(&Request::Hello(Hello::new(0x1122_3344_5566_7788)), 1, 0);
+    assert_eq!(
+        hex(&frame),
+        concat!(
+            "544d454d",
+            "01",
+            "01",
+            "0000",
+            "0100000000000000",
+            "10000000",
+            "0000",
+            "0000",
+            "0100",
+            "0100",
+            "00",
+            "00",
+            "0000",
+            "8877665544332211"
+        )
+    );
+}
+
+#[test]
+fn hello_reply() {
+    let reply = Reply::Hello(HelloReply {
+        version: 1,
+        max_batch: 64,
+        max_payload: 0x0004_0000,
+        nonce: [0xab; 16],
+    });
+    let frame = emit_reply(Opcode::Hello, &reply, 1);
+    assert_eq!(
+        hex(&frame),
+        concat!(
+            "544d454d",
+            "01",
+            "01",
+            "0100",
+            "0100000000000000",
+            "18000000",
+            "0000",
+            "0000",
+            "0100",
+            "4000",
+            "00000400",
+            "abababababababababababababababab"
+        )
+    );
+}
+
+#[test]
+fn new_pool_request_and_reply() {
+    let req = Request::NewPool(NewPool {
+        kind: PoolKind::Persistent,
+        page_size: 4096,
+    });
+    assert_eq!(
+        hex(&emit_request(&req, 2, 0)),
+        concat!(
+            "544d454d",
+            "01",
+            "02",
+            "0000",
+            "0200000000000000",
+            "08000000",
+            "0000",
+            "0000",
+            "01",
+            "00",
+            "0000",
+            "00100000"
+        )
+    );
+    assert_eq!(
+        hex(&emit_reply(Opcode::NewPool, &Reply::NewPool { pool: 7 }, 2)),
+        concat!(
+            "544d454d",
+            "01",
+            "02",
+            "0100",
+            "0200000000000000",
+            "04000000",
+            "0000",
+            "0000",
+            "07000000"
+        )
+    );
+}
+
+#[test]
+fn put_fill_page() {
+    let page = Page {
+        encoding: Encoding::Fill,
+        crc: 0xdead_beef,
+        data: &[0; 8],
+    };
+    let frame = emit_request(&Request::Put { key: KEY, page }, 3, 0);
+    assert_eq!(
+        hex(&frame),
+        concat!(
+            "544d454d",
+            "01",
+            "04",
+            "0000",
+            "0300000000000000",
+            "34000000",
+            "0000",
+            "0000",
+            // key: pool, index, object[0..3]
+            "07000000",
+            "2a000000",
+            "0100000000000000",
+            "0200000000000000",
+            "0807060504030201",
+            // page: encoding, rsvd, rsvd, crc, len, data
+            "02",
+            "00",
+            "0000",
+            "efbeadde",
+            "08000000",
+            "0000000000000000"
+        )
+    );
+}
+
+#[test]
+fn get_request_with_flags_and_not_found_reply() {
+    let frame = emit_request(
+        &Request::Get { key: KEY },
+        4,
+        flags::GET_AND_FREE | flags::ACCEPT_LZ4,
+    );
+    assert_eq!(
+        hex(&frame[..HEADER_LEN]),
+        concat!(
+            "544d454d",
+            "01",
+            "05",
+            "0600",
+            "0400000000000000",
+            "20000000",
+            "0000",
+            "0000"
+        )
+    );
+    let miss = Reply::Error {
+        status: Status::NotFound,
+        message: b"",
+    };
+    assert_eq!(
+        hex(&emit_reply(Opcode::GetPage, &miss, 4)),
+        concat!(
+            "544d454d",
+            "01",
+            "05",
+            "0100",
+            "0400000000000000",
+            "00000000",
+            "0100",
+            "0000"
+        )
+    );
+}
+
+#[test]
+fn batch_of_two_gets() {
+    let mut buf = vec![0u8; MAX_FRAME];
+    let mut b = BatchWriter::new(&mut buf).unwrap();
+    b.push_request(&Request::Get { key: KEY }, 0).unwrap();
+    b.push_request(
+        &Request::FlushPage {
+            key: PageKey { index: 1, ..KEY },
+        },
+        0,
+    )
+    .unwrap();
+    let n = b.finish_request(9, 0).unwrap();
+    let key_hex = concat!(
+        "07000000",
+        "2a000000",
+        "0100000000000000",
+        "0200000000000000",
+        "0807060504030201"
+    );
+    let key1_hex = concat!(
+        "07000000",
+        "01000000",
+        "0100000000000000",
+        "0200000000000000",
+        "0807060504030201"
+    );
+    let expected = format!(
+        "{}{}{}{}{}{}",
+        concat!(
+            "544d454d",
+            "01",
+            "09",
+            "0000",
+            "0900000000000000",
+            "54000000",
+            "0000",
+            "0000"
+        ),
+        "02000000",
+        concat!("05", "00", "0000", "20000000"),
+        key_hex,
+        concat!("06", "00", "0000", "20000000"),
+        key1_hex
+    );
+    assert_eq!(hex(&buf[..n]), expected);
+}
+
+#[test]
+fn stats_reply() {
+    let mut scratch = [0u8; 16];
+    let view = StatsView::encode(&[5, 0x0100], &mut scratch).unwrap();
+    assert_eq!(
+        hex(&emit_reply(Opcode::Stats, &Reply::Stats(view), 5)),
+        concat!(
+            "544d454d",
+            "01",
+            "08",
+            "0100",
+            "0500000000000000",
+            "14000000",
+            "0000",
+            "0000",
+            "02000000",
+            "0500000000000000",
+            "0001000000000000"
+        )
+    );
+}

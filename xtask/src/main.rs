@@ -1,0 +1,36 @@
+//! `cargo xtask <verb>`: the project's build/boot/test automation, in Rust so it runs wherever cargo does.
+//!
+//! Each verb lives in its own module; this file only parses the command line and dispatches.
+
+mod hermit;
+mod linux;
+mod linux_kernel;
+mod paths;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "tmem project automation")]
+struct Cli {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Build the appliance unikernel image (Hermit kernel + our loader + appliance ELF).
+    Image(hermit::ImageArgs),
+    /// Boot the appliance image in QEMU (TCG) with user networking forwarded to 127.0.0.1.
+    RunAppliance(hermit::RunArgs),
+    /// Build the client-side Linux kernel, the kclient module and the initramfs.
+    ClientImage(linux::ClientImageArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().verb {
+        Verb::Image(args) => hermit::image(&args),
+        Verb::RunAppliance(args) => hermit::run_appliance(&args),
+        Verb::ClientImage(args) => linux::client_image(&args),
+    }
+}
