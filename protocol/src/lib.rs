@@ -30,6 +30,7 @@ pub use crc32c::{crc32c, crc32c_append};
 pub use header::{frame_len, Header, HEADER_LEN, MAGIC};
 pub use message::{
     FlushObject, Hello, HelloReply, NewPool, PoolKind, Reply, Request, AUTH_MAX, HELLO_NONCE_LEN,
+    MAX_ERROR_MESSAGE,
 };
 pub use page::{Encoding, Page, PageKey, KEY_LEN, PAGE_HEADER_LEN};
 pub use stats::{StatId, StatsView, STAT_COUNT};

@@ -126,3 +126,5 @@ impl core::fmt::Display for WireError {
         }
     }
 }
+
+impl core::error::Error for WireError {}

@@ -1,0 +1,49 @@
+//! The tmem appliance: a compressed page store for remote clients, and the server in front of it.
+//!
+//! Layers, bottom up: [`slab`] (size-class allocator, exact accounting), [`codec`] (checked LZ4,
+//! checksums, fill pages), [`store`] (tmem pools, eviction, quotas), [`framing`] + [`session`]
+//! (sans-IO protocol core: bytes in, frames out), [`server`] (std TCP front end, the same on Linux
+//! host mode and on Hermit).
+
+pub mod codec;
+pub mod framing;
+pub mod server;
+pub mod session;
+pub mod slab;
+pub mod store;
+
+use protocol::{StatId, STAT_COUNT};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Connection-level counters, updated by the server and sessions without taking the store lock.
+#[derive(Default, Debug)]
+pub struct NetCounters {
+    /// Open connections.
+    pub connections: AtomicU64,
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Bytes received.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent.
+    pub bytes_out: AtomicU64,
+    /// Malformed requests and unusable streams.
+    pub malformed: AtomicU64,
+    /// Pages whose checksum did not match.
+    pub checksum_errors: AtomicU64,
+    /// Pages that did not decompress.
+    pub corrupt_pages: AtomicU64,
+}
+
+impl NetCounters {
+    /// Writes these counters into a STATS vector.
+    pub fn fill(&self, values: &mut [u64; STAT_COUNT]) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        values[StatId::Connections as usize] = get(&self.connections);
+        values[StatId::ConnectionsTotal as usize] = get(&self.connections_total);
+        values[StatId::BytesIn as usize] = get(&self.bytes_in);
+        values[StatId::BytesOut as usize] = get(&self.bytes_out);
+        values[StatId::MalformedFrames as usize] = get(&self.malformed);
+        values[StatId::ChecksumErrors as usize] = get(&self.checksum_errors);
+        values[StatId::CorruptPages as usize] = get(&self.corrupt_pages);
+    }
+}

@@ -1,0 +1,95 @@
+//! `appliance --listen ADDR --memory SIZE`: the tmem memory server (host mode, and the Hermit image).
+
+use anyhow::{Context, Result};
+use appliance::codec::DEFAULT_RAW_THRESHOLD;
+use appliance::server::{Server, ServerConfig};
+use appliance::store::{Store, StoreConfig};
+use clap::Parser;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "appliance",
+    version,
+    about = "tmem memory server: keeps clients' pages compressed in RAM"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7777")]
+    listen: String,
+    /// Memory for pages and their metadata, e.g. 256MiB, 2GiB, 1.5G.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    memory: u64,
+    /// Most memory one client may use (same units); unlimited if absent.
+    #[arg(long, value_parser = parse_size)]
+    client_quota: Option<u64>,
+    /// Pages whose compressed size exceeds this many bytes are stored raw.
+    #[arg(long, default_value_t = DEFAULT_RAW_THRESHOLD)]
+    raw_threshold: usize,
+    /// Connections beyond this are refused.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Seconds a client may take to finish sending a frame, or to read our replies.
+    #[arg(long, default_value_t = 30)]
+    frame_timeout: u64,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, default_value = "info")]
+    log_level: tracing::Level,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| format!("{e} (examples: 256MiB, 2GiB, 1.5G)"))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_max_level(args.log_level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let store = Arc::new(Store::new(StoreConfig {
+        memory_limit: usize::try_from(args.memory).context("--memory too large")?,
+        client_quota: args.client_quota.map(|q| q as usize),
+        raw_threshold: args.raw_threshold.min(protocol::PAGE_SIZE),
+    }));
+    let config = ServerConfig {
+        max_connections: args.max_connections,
+        frame_timeout: Duration::from_secs(args.frame_timeout.max(1)),
+    };
+    let server = Server::bind(&args.listen, store, config)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = server.local_addr()?;
+    stop_on_signals(server.shutdown_handle())?;
+    tracing::info!(%addr, memory = args.memory, "listening");
+    // A plain line on stdout too: scripts and tests wait for it.
+    println!("appliance listening on {addr}");
+    server.run()?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn stop_on_signals(handle: appliance::server::ShutdownHandle) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "signal received, shutting down");
+                handle.shutdown();
+            }
+        })?;
+    Ok(())
+}
+
+/// Hermit has no signals: the appliance VM is stopped by powering it off.
+#[cfg(not(target_os = "linux"))]
+fn stop_on_signals(_handle: appliance::server::ShutdownHandle) -> Result<()> {
+    Ok(())
+}
