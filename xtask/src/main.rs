@@ -3,6 +3,8 @@
 //! Each verb lives in its own module; this file only parses the command line and dispatches.
 
 mod hermit;
+mod hermit_kernel;
+mod hermit_tools;
 mod linux;
 mod linux_kernel;
 mod paths;

@@ -1,0 +1,257 @@
+//! Appliance unikernel image: Hermit kernel, our boot loader, the appliance ELF; booting it in QEMU.
+//!
+//! `cargo xtask image` produces two files in `target/images/` (see [`paths::images_out`]):
+//! - `loader`: our multiboot boot loader (`images/loader/`), an ELF32 file for QEMU's `-kernel`;
+//! - `appliance`: the appliance linked with the Hermit kernel, an ELF64 file for QEMU's `-initrd`.
+//!
+//! `cargo xtask run-appliance --memory 2G --port 7777 [-- APP ARGS]` boots them under QEMU TCG (never
+//! KVM: `/dev/kvm` on these machines cannot run Hermit) with virtio-net and user networking, the
+//! guest port forwarded to `127.0.0.1:PORT`, and the serial console on stdout.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+
+use crate::hermit_kernel;
+use crate::hermit_tools::{self, step};
+use crate::paths;
+
+/// Rust target of Hermit applications.
+const HERMIT_TARGET: &str = "x86_64-unknown-hermit";
+
+#[derive(clap::Args)]
+pub struct ImageArgs {
+    /// Build the throwaway echo app (`images/hermit/smoke-app`) instead of the appliance.
+    #[arg(long)]
+    smoke: bool,
+    /// Parallel jobs for the cargo builds (the machines are shared: keep it small).
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// Do not install missing tools (rustup toolchain, QEMU).
+    #[arg(long)]
+    no_install: bool,
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Guest memory (QEMU `-m` syntax, e.g. `2G`, `512M`).
+    #[arg(long, default_value = "2G")]
+    memory: String,
+    /// TCP port: the appliance listens on it in the guest and QEMU forwards 127.0.0.1:PORT to it.
+    #[arg(long, default_value_t = 7777)]
+    port: u16,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    smp: u32,
+    /// Directory with `loader` and `appliance` (default: target/images, or $TMEM_IMAGES).
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Page-store size passed as the appliance's `--memory` when no app args are given
+    /// (default: three quarters of the guest memory).
+    #[arg(long)]
+    store: Option<String>,
+    /// Arguments for the appliance (replace the defaults `--listen 0.0.0.0:PORT --memory STORE`).
+    #[arg(last = true)]
+    app_args: Vec<String>,
+}
+
+pub fn image(args: &ImageArgs) -> Result<()> {
+    let start = Instant::now();
+    if !args.no_install {
+        hermit_tools::ensure_toolchain()?;
+        hermit_tools::ensure_qemu()?;
+    }
+    let libdir = hermit_kernel::ensure_libhermit(args.jobs)?;
+    let out = paths::images_out();
+    std::fs::create_dir_all(&out)?;
+
+    let app = if args.smoke {
+        build_app(
+            &paths::repo_root().join("images/hermit/smoke-app"),
+            None,
+            "hermit-smoke",
+            &libdir,
+            args.jobs,
+        )?
+    } else {
+        build_app(
+            &paths::repo_root(),
+            Some("appliance"),
+            "appliance",
+            &libdir,
+            args.jobs,
+        )?
+    };
+    copy(&app, &out.join("appliance"))?;
+
+    let loader = build_loader(args.jobs)?;
+    copy(&loader, &out.join("loader"))?;
+
+    step(&format!(
+        "image ready in {}s: {}/{{loader,appliance}}",
+        start.elapsed().as_secs(),
+        out.display()
+    ));
+    Ok(())
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
+
+/// Builds a std application for Hermit; its build.rs links `libhermit.a` from `TMEM_HERMIT_LIBDIR`.
+fn build_app(
+    dir: &Path,
+    package: Option<&str>,
+    bin: &str,
+    libdir: &Path,
+    jobs: usize,
+) -> Result<PathBuf> {
+    step(&format!("app: building {bin} for {HERMIT_TARGET}"));
+    // A separate target dir: nightly + build-std artefacts must not churn the host builds in target/.
+    let target_dir = paths::repo_root().join("target/hermit");
+    let mut cmd = hermit_tools::nightly_cargo();
+    cmd.current_dir(dir)
+        .env("TMEM_HERMIT_LIBDIR", libdir)
+        .args(["build", "--release", "--target", HERMIT_TARGET])
+        .args([
+            "-Zbuild-std=std,panic_abort",
+            "-Zbuild-std-features=compiler-builtins-mem",
+        ])
+        .arg(format!("-j{jobs}"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .args(["--bin", bin]);
+    if let Some(p) = package {
+        cmd.args(["--package", p]);
+    }
+    let status = cmd
+        .status()
+        .context("running cargo build for the Hermit app")?;
+    ensure!(
+        status.success(),
+        "building {bin} for {HERMIT_TARGET} failed"
+    );
+    Ok(target_dir.join(HERMIT_TARGET).join("release").join(bin))
+}
+
+/// Builds `images/loader` (x86_64-unknown-none) and converts it to ELF32 for QEMU's multiboot.
+fn build_loader(jobs: usize) -> Result<PathBuf> {
+    step("loader: building images/loader");
+    let dir = paths::repo_root().join("images/loader");
+    let status = hermit_tools::nightly_cargo()
+        .current_dir(&dir)
+        .args(["build", "--release", "--target", "x86_64-unknown-none"])
+        .args([
+            "-Zbuild-std=core",
+            "-Zbuild-std-features=compiler-builtins-mem",
+        ])
+        .arg(format!("-j{jobs}"))
+        .status()
+        .context("running cargo build for the loader")?;
+    ensure!(status.success(), "loader build failed");
+    let elf64 = dir.join("target/x86_64-unknown-none/release/tmem-loader");
+    let elf32 = dir.join("target/x86_64-unknown-none/release/tmem-loader.elf32");
+    // QEMU's multiboot loader only accepts ELF32; the code is 64-bit-linked but lives below 4 GiB.
+    let status = Command::new(hermit_tools::llvm_tool("llvm-objcopy")?)
+        .args(["--output-target", "elf32-i386"])
+        .arg(&elf64)
+        .arg(&elf32)
+        .status()
+        .context("running llvm-objcopy")?;
+    ensure!(
+        status.success(),
+        "llvm-objcopy --output-target elf32-i386 failed"
+    );
+    Ok(elf32)
+}
+
+/// QEMU `-m` size string to MiB (`2G`, `512M`, `1024`).
+fn parse_mib(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().last() {
+        Some((i, 'G' | 'g')) => (&s[..i], 1024),
+        Some((i, 'M' | 'm')) => (&s[..i], 1),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("bad memory size {s:?}"))?;
+    Ok(n * mul)
+}
+
+pub fn run_appliance(args: &RunArgs) -> Result<()> {
+    hermit_tools::ensure_qemu()?;
+    let images = args
+        .images
+        .clone()
+        .or_else(|| std::env::var_os("TMEM_IMAGES").map(PathBuf::from))
+        .unwrap_or_else(paths::images_out);
+    let (loader, app) = (images.join("loader"), images.join("appliance"));
+    ensure!(
+        loader.is_file() && app.is_file(),
+        "{} and {} missing: run `cargo xtask image` first",
+        loader.display(),
+        app.display()
+    );
+    let app_args = if args.app_args.is_empty() {
+        let store = match &args.store {
+            Some(s) => s.clone(),
+            None => format!("{}M", parse_mib(&args.memory)? * 3 / 4),
+        };
+        vec![
+            "--listen".to_owned(),
+            format!("0.0.0.0:{}", args.port),
+            "--memory".to_owned(),
+            store,
+        ]
+    } else {
+        args.app_args.clone()
+    };
+    let cmdline = format!("-- {}", app_args.join(" "));
+    let port = args.port;
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-cpu",
+        "max",
+        "-smp",
+        &args.smp.to_string(),
+        "-m",
+        &args.memory,
+    ])
+    .args([
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ])
+    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+    .arg("-kernel")
+    .arg(&loader)
+    .arg("-initrd")
+    .arg(&app)
+    .args(["-append", &cmdline])
+    .args([
+        "-netdev",
+        &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{port}"),
+        "-device",
+        "virtio-net-pci,netdev=n0,disable-legacy=on",
+    ]);
+    step(&format!(
+        "booting {} under QEMU TCG ({} RAM); appliance reachable at 127.0.0.1:{port}; args: {}",
+        app.display(),
+        args.memory,
+        app_args.join(" ")
+    ));
+    let status = cmd.status().context("running qemu-system-x86_64")?;
+    // Hermit exits through isa-debug-exit: QEMU returns (code << 1) | 1.
+    step(&format!("QEMU exited: {status}"));
+    Ok(())
+}

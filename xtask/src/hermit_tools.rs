@@ -1,0 +1,163 @@
+//! Host tools the Hermit image needs, installed on demand: the pinned nightly, its LLVM tools, QEMU.
+//!
+//! The kernel crate pins `nightly-2025-03-15`; building the kernel, the application's std and the
+//! loader with that one toolchain keeps the system-call ABI and the Rust ABI in step. That nightly
+//! ships no prebuilt std for our targets, so every build uses `-Zbuild-std`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{bail, ensure, Context, Result};
+
+/// The toolchain `hermit-kernel` 0.11.0's `rust-toolchain.toml` pins.
+pub const NIGHTLY: &str = "nightly-2025-03-15";
+
+/// Prints a progress line (to stderr, so stdout stays clean for callers that parse it).
+pub fn step(msg: &str) {
+    eprintln!("[xtask hermit] {msg}");
+}
+
+/// Removes the variables the outer `cargo run` sets, so the nested cargo picks its own toolchain
+/// and flags.
+pub fn clean_cargo_env(mut cmd: Command) -> Command {
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_MANIFEST_DIR",
+        "CARGO_PKG_NAME",
+        "CARGO",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// `cargo +NIGHTLY` with a clean environment.
+pub fn nightly_cargo() -> Command {
+    let mut cmd = clean_cargo_env(Command::new("cargo"));
+    cmd.arg(format!("+{NIGHTLY}"));
+    cmd
+}
+
+/// Installs the pinned nightly with `rust-src` and `llvm-tools` if they are missing.
+pub fn ensure_toolchain() -> Result<()> {
+    if sysroot().is_ok_and(|s| {
+        s.join("lib/rustlib/src/rust/library/std").is_dir()
+            && llvm_tool_in(&s, "llvm-objcopy").is_ok()
+    }) {
+        return Ok(());
+    }
+    step(&format!(
+        "installing Rust {NIGHTLY} with rust-src and llvm-tools"
+    ));
+    let status = Command::new("rustup")
+        .args(["toolchain", "install", NIGHTLY, "--profile", "minimal"])
+        .args(["--component", "rust-src", "--component", "llvm-tools"])
+        .status()
+        .context("running rustup (is rustup installed?)")?;
+    ensure!(
+        status.success(),
+        "rustup toolchain install {NIGHTLY} failed"
+    );
+    Ok(())
+}
+
+fn sysroot() -> Result<PathBuf> {
+    static SYSROOT: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(s) = SYSROOT.get() {
+        return Ok(s.clone());
+    }
+    let out = clean_cargo_env(Command::new("rustc"))
+        .arg(format!("+{NIGHTLY}"))
+        .args(["--print", "sysroot"])
+        .output()
+        .context("running rustc --print sysroot")?;
+    ensure!(out.status.success(), "toolchain {NIGHTLY} is not installed");
+    let s = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+    Ok(SYSROOT.get_or_init(|| s).clone())
+}
+
+fn llvm_tool_in(sysroot: &Path, name: &str) -> Result<PathBuf> {
+    let rustlib = sysroot.join("lib/rustlib");
+    for entry in std::fs::read_dir(&rustlib)? {
+        let path = entry?.path().join("bin").join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    bail!("{name} not found under {}", rustlib.display())
+}
+
+/// Path of an LLVM tool (`llvm-objcopy`, ...) from the nightly's `llvm-tools` component.
+pub fn llvm_tool(name: &str) -> Result<PathBuf> {
+    llvm_tool_in(&sysroot()?, name)
+}
+
+/// Installs QEMU from Debian if `qemu-system-x86_64` is missing (we run as root on these machines).
+pub fn ensure_qemu() -> Result<()> {
+    if which("qemu-system-x86_64") {
+        return Ok(());
+    }
+    step("installing qemu-system-x86 (apt)");
+    let apt = |args: &[&str]| -> Result<()> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        ensure!(status.success(), "apt-get {} failed", args.join(" "));
+        Ok(())
+    };
+    apt(&["update"])?;
+    apt(&[
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "qemu-system-x86",
+    ])?;
+    ensure!(
+        which("qemu-system-x86_64"),
+        "qemu-system-x86_64 still missing after apt-get install"
+    );
+    Ok(())
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+/// Applies `images/hermit/patches/*.patch` (sorted) to the kernel source, if there are any.
+///
+/// The kernel builds unpatched with its pinned nightly, so the directory is normally absent; it is
+/// the documented place for a small fix to the published crate (one-line reason at the top of each).
+pub fn apply_patches(src: &Path) -> Result<()> {
+    let dir = crate::paths::repo_root().join("images/hermit/patches");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    let mut patches: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "patch"))
+        .collect();
+    patches.sort();
+    for patch in patches {
+        step(&format!("kernel: applying {}", patch.display()));
+        let status = Command::new("patch")
+            .args(["-p1", "--forward", "--input"])
+            .arg(&patch)
+            .current_dir(src)
+            .status()
+            .context("running patch")?;
+        ensure!(status.success(), "patch {} failed", patch.display());
+    }
+    Ok(())
+}
