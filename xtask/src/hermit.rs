@@ -136,7 +136,28 @@ fn build_app(
         status.success(),
         "building {bin} for {HERMIT_TARGET} failed"
     );
-    Ok(target_dir.join(HERMIT_TARGET).join("release").join(bin))
+    let elf = target_dir.join(HERMIT_TARGET).join("release").join(bin);
+    check_kernel_linked(&elf)?;
+    Ok(elf)
+}
+
+/// The Hermit target links even without the kernel (undefined `sys_*` are allowed), producing an
+/// image with entry point 0 that cannot boot. Catch that here instead of in QEMU.
+fn check_kernel_linked(elf: &Path) -> Result<()> {
+    use object::{Object, ObjectSymbol};
+    let data = std::fs::read(elf).with_context(|| format!("reading {}", elf.display()))?;
+    let file = object::File::parse(&*data)?;
+    let has_start = file
+        .symbols()
+        .any(|s| s.name() == Ok("_start") && !s.is_undefined());
+    ensure!(
+        file.entry() != 0 && has_start,
+        "{} has no Hermit kernel linked in (entry {:#x}): its build.rs must link libhermit.a \
+         from TMEM_HERMIT_LIBDIR when CARGO_CFG_TARGET_OS == \"hermit\"",
+        elf.display(),
+        file.entry()
+    );
+    Ok(())
 }
 
 /// Builds `images/loader` (x86_64-unknown-none) and converts it to ELF32 for QEMU's multiboot.
@@ -201,7 +222,7 @@ pub fn run_appliance(args: &RunArgs) -> Result<()> {
     let app_args = if args.app_args.is_empty() {
         let store = match &args.store {
             Some(s) => s.clone(),
-            None => format!("{}M", parse_mib(&args.memory)? * 3 / 4),
+            None => format!("{}MiB", parse_mib(&args.memory)? * 3 / 4),
         };
         vec![
             "--listen".to_owned(),
