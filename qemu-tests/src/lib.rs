@@ -1,0 +1,255 @@
+//! Shared helpers for the VM tests in `tests/` (QEMU process guard, ports, artefact paths).
+//!
+//! The VM tests boot real images under QEMU TCG and talk to them only through `127.0.0.1`
+//! (QEMU user networking forwards a host port to the guest). Three rules keep them from hanging or
+//! leaking VMs on a shared machine:
+//! - a [`Qemu`] guard kills its VM when dropped, also when the test panics;
+//! - every wait is bounded in attempts and in time ([`wait_for_port`], [`Qemu::wait_for_output`]);
+//! - a test whose artefacts are missing prints `SKIP` and returns (see [`hermit_image`]); the real
+//!   test command builds them first (`cargo xtask image`).
+
+use std::fs::File;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Workspace root (this crate lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("qemu-tests is inside the workspace")
+        .to_path_buf()
+}
+
+/// Where the bootable artefacts are: `$TMEM_IMAGES`, else `target/images/`.
+pub fn images_dir() -> PathBuf {
+    std::env::var_os("TMEM_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/images"))
+}
+
+/// The appliance unikernel image made by `cargo xtask image`.
+#[derive(Clone, Debug)]
+pub struct HermitImage {
+    /// Our multiboot loader (QEMU `-kernel`).
+    pub loader: PathBuf,
+    /// The appliance with the Hermit kernel linked in (QEMU `-initrd`).
+    pub appliance: PathBuf,
+}
+
+/// The Hermit image, or `None` after printing a SKIP line naming what is missing.
+pub fn hermit_image(test: &str) -> Option<HermitImage> {
+    let dir = images_dir();
+    let image = HermitImage {
+        loader: dir.join("loader"),
+        appliance: dir.join("appliance"),
+    };
+    for path in [&image.loader, &image.appliance] {
+        if !path.is_file() {
+            eprintln!(
+                "SKIP {test}: {} missing (run `cargo xtask image`, or set TMEM_IMAGES)",
+                path.display()
+            );
+            return None;
+        }
+    }
+    if !qemu_available() {
+        eprintln!("SKIP {test}: qemu-system-x86_64 not found (cargo xtask image installs it)");
+        return None;
+    }
+    Some(image)
+}
+
+/// Whether `qemu-system-x86_64` is on `PATH`.
+pub fn qemu_available() -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| d.join("qemu-system-x86_64").is_file())
+    })
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it; we released it).
+/// Another process could take it before QEMU binds it; QEMU then fails to start and the test says so.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// Connects to `addr`, retrying every 50 ms until `timeout` (and at most 10 000 attempts).
+///
+/// With QEMU user networking a connect to a forwarded port succeeds as soon as QEMU runs, even
+/// before the guest listens (QEMU then closes it); check the guest's own "listening" output first.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let deadline = Instant::now() + timeout;
+    let mut last_err = io::Error::new(io::ErrorKind::TimedOut, "no attempt made");
+    for _ in 0..10_000 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(1))) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_err = e,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("{addr} not reachable within {timeout:?}: {last_err}"),
+    ))
+}
+
+/// A running QEMU VM. Dropping it kills the VM (also during a panic) and reaps the process.
+///
+/// The serial console goes to a log file (`target/qemu-tests/NAME-PID.log`), kept for debugging.
+pub struct Qemu {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Qemu {
+    /// Starts `cmd` with stdout/stderr (the serial console) redirected to the log for `name`.
+    pub fn spawn(name: &str, mut cmd: Command) -> io::Result<Qemu> {
+        let dir = workspace_root().join("target/qemu-tests");
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join(format!("{name}-{}.log", std::process::id()));
+        let out = File::create(&log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        Ok(Qemu { child, log })
+    }
+
+    /// Boots the Hermit appliance image with `memory` of RAM (QEMU syntax, e.g. `1G`), guest `port`
+    /// forwarded to `127.0.0.1:port`, and `app_args` for the appliance.
+    pub fn boot_hermit(
+        name: &str,
+        image: &HermitImage,
+        memory: &str,
+        port: u16,
+        app_args: &[&str],
+    ) -> io::Result<Qemu> {
+        Qemu::spawn(name, hermit_command(image, memory, port, app_args))
+    }
+
+    /// Path of the serial log.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Everything the VM printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits (polling every 20 ms, bounded by `timeout`) until the output contains `needle`.
+    /// Fails early if the VM exits.
+    pub fn wait_for_output(&mut self, needle: &str, timeout: Duration) -> io::Result<Duration> {
+        let start = Instant::now();
+        let max_polls = timeout.as_millis() / 20 + 1;
+        for _ in 0..max_polls {
+            if self.output().contains(needle) {
+                return Ok(start.elapsed());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                return Err(io::Error::other(format!(
+                    "QEMU exited ({status}) before printing {needle:?}; log {}:\n{}",
+                    self.log.display(),
+                    self.output()
+                )));
+            }
+            if start.elapsed() >= timeout {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "no {needle:?} within {timeout:?}; log {}:\n{}",
+                self.log.display(),
+                self.output()
+            ),
+        ))
+    }
+
+    /// Whether the VM is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        // Kill by our own child's pid only; ignore "already exited".
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The QEMU command line for the Hermit appliance (TCG; never KVM, which cannot run Hermit here).
+pub fn hermit_command(image: &HermitImage, memory: &str, port: u16, app_args: &[&str]) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-cpu", "max", "-smp", "1", "-m", memory])
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+        .args([
+            "-no-reboot",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        ])
+        .arg("-kernel")
+        .arg(&image.loader)
+        .arg("-initrd")
+        .arg(&image.appliance)
+        .args(["-append", &format!("-- {}", app_args.join(" "))])
+        .args([
+            "-netdev",
+            &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{port}"),
+            "-device",
+            "virtio-net-pci,netdev=n0,disable-legacy=on",
+        ]);
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_port_is_bindable() {
+        let port = free_port();
+        assert_ne!(port, 0);
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("port from free_port is free");
+    }
+
+    #[test]
+    fn wait_for_port_finds_a_listener_and_times_out_without_one() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        wait_for_port(addr, Duration::from_secs(2)).expect("listener reachable");
+        drop(listener);
+        let start = Instant::now();
+        assert!(wait_for_port(addr, Duration::from_millis(300)).is_err());
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn guard_kills_child_on_drop_even_in_panic() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let qemu = Qemu::spawn("guard-test", cmd).expect("spawn sleep");
+        let pid = qemu.child.id();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _vm = qemu;
+            panic!("intentional panic: the guard must still kill the VM");
+        }));
+        assert!(result.is_err());
+        // The child was killed and reaped by Drop: its /proc entry is gone.
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+}
