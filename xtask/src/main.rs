@@ -6,6 +6,7 @@ mod hermit;
 mod hermit_kernel;
 mod hermit_tools;
 mod linux;
+mod linux_initramfs;
 mod linux_kernel;
 mod paths;
 
