@@ -12,8 +12,8 @@
 //!    symbols would otherwise clash with the application's std,
 //! 4. mark every archive member as a Hermit object (ELF OS/ABI byte `0xff`).
 //!
-//! Everything lands in `~/.cache/tmem/hermit/` keyed by kernel version and feature set, so a second
-//! `cargo xtask image` reuses it.
+//! Everything lands in `~/.cache/tmem/hermit/` keyed by kernel version, feature set and the
+//! contents of `images/hermit/patches/`, so a second `cargo xtask image` reuses it.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -48,7 +48,11 @@ const ELFOSABI_HERMIT: u8 = 0xff;
 
 /// Returns the directory that holds the post-processed `libhermit.a`, building it if needed.
 pub fn ensure_libhermit(jobs: usize) -> Result<PathBuf> {
-    let key = format!("libhermit-{KERNEL_VERSION}-{}", KERNEL_FEATURES.join("+"));
+    let key = format!(
+        "libhermit-{KERNEL_VERSION}-{}-{}",
+        KERNEL_FEATURES.join("+"),
+        hermit_tools::patches_tag()?
+    );
     let out_dir = hermit_cache().join(key);
     let lib = out_dir.join("libhermit.a");
     if lib.is_file() {
@@ -71,7 +75,10 @@ fn hermit_cache() -> PathBuf {
 
 /// Downloads (through cargo, from crates.io) and copies the kernel crate into the cache.
 fn ensure_kernel_source() -> Result<PathBuf> {
-    let src = hermit_cache().join(format!("hermit-kernel-{KERNEL_VERSION}"));
+    let src = hermit_cache().join(format!(
+        "hermit-kernel-{KERNEL_VERSION}-{}",
+        hermit_tools::patches_tag()?
+    ));
     if src.join("Cargo.toml").is_file() {
         return Ok(src);
     }

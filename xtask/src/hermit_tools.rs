@@ -103,10 +103,15 @@ pub fn llvm_tool(name: &str) -> Result<PathBuf> {
 
 /// Installs QEMU from Debian if `qemu-system-x86_64` is missing (we run as root on these machines).
 pub fn ensure_qemu() -> Result<()> {
-    if which("qemu-system-x86_64") {
+    ensure_apt_tool("qemu-system-x86_64", "qemu-system-x86")
+}
+
+/// Installs `package` with apt-get if `program` is not on PATH (`apt-get update` first, once).
+pub fn ensure_apt_tool(program: &str, package: &str) -> Result<()> {
+    if which(program) {
         return Ok(());
     }
-    step("installing qemu-system-x86 (apt)");
+    step(&format!("installing {package} (apt)"));
     let apt = |args: &[&str]| -> Result<()> {
         let status = Command::new("apt-get")
             .args(args)
@@ -116,16 +121,15 @@ pub fn ensure_qemu() -> Result<()> {
         ensure!(status.success(), "apt-get {} failed", args.join(" "));
         Ok(())
     };
-    apt(&["update"])?;
-    apt(&[
-        "install",
-        "-y",
-        "--no-install-recommends",
-        "qemu-system-x86",
-    ])?;
+    static UPDATED: OnceLock<()> = OnceLock::new();
+    if UPDATED.get().is_none() {
+        apt(&["update"])?;
+        let _ = UPDATED.set(());
+    }
+    apt(&["install", "-y", "--no-install-recommends", package])?;
     ensure!(
-        which("qemu-system-x86_64"),
-        "qemu-system-x86_64 still missing after apt-get install"
+        which(program),
+        "{program} still missing after apt-get install {package}"
     );
     Ok(())
 }
@@ -135,20 +139,43 @@ fn which(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
-/// Applies `images/hermit/patches/*.patch` (sorted) to the kernel source, if there are any.
-///
-/// The kernel builds unpatched with its pinned nightly, so the directory is normally absent; it is
-/// the documented place for a small fix to the published crate (one-line reason at the top of each).
-pub fn apply_patches(src: &Path) -> Result<()> {
+/// `images/hermit/patches/*.patch`, sorted: small fixes to the published kernel crate, each with a
+/// one-line reason at its top. The kernel builds without them; they only change behaviour.
+fn patches() -> Result<Vec<PathBuf>> {
     let dir = crate::paths::repo_root().join("images/hermit/patches");
     let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let mut patches: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "patch"))
         .collect();
     patches.sort();
+    Ok(patches)
+}
+
+/// Cache-key part for the patch set: `unpatched`, or `p` + FNV-1a hash of names and contents.
+pub fn patches_tag() -> Result<String> {
+    let patches = patches()?;
+    if patches.is_empty() {
+        return Ok("unpatched".to_owned());
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for patch in &patches {
+        let name = patch.file_name().unwrap_or_default().as_encoded_bytes();
+        for byte in name.iter().chain(&std::fs::read(patch)?) {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(format!("p{:08x}", hash as u32))
+}
+
+/// Applies [`patches`] to the fetched kernel source.
+pub fn apply_patches(src: &Path) -> Result<()> {
+    let patches = patches()?;
+    if !patches.is_empty() {
+        ensure_apt_tool("patch", "patch")?;
+    }
     for patch in patches {
         step(&format!("kernel: applying {}", patch.display()));
         let status = Command::new("patch")
