@@ -13,6 +13,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Workspace root (this crate lives one level below it).
@@ -102,7 +103,7 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStrea
 
 /// A running QEMU VM. Dropping it kills the VM (also during a panic) and reaps the process.
 ///
-/// The serial console goes to a log file (`target/qemu-tests/NAME-PID.log`), kept for debugging.
+/// The serial console goes to a log file (`target/qemu-tests/NAME-PID-SEQ.log`), kept for debugging.
 pub struct Qemu {
     child: Child,
     log: PathBuf,
@@ -113,7 +114,9 @@ impl Qemu {
     pub fn spawn(name: &str, mut cmd: Command) -> io::Result<Qemu> {
         let dir = workspace_root().join("target/qemu-tests");
         std::fs::create_dir_all(&dir)?;
-        let log = dir.join(format!("{name}-{}.log", std::process::id()));
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let log = dir.join(format!("{name}-{}-{seq}.log", std::process::id()));
         let out = File::create(&log)?;
         let child = cmd
             .stdin(Stdio::null())
