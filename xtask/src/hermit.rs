@@ -2,7 +2,8 @@
 //!
 //! `cargo xtask image` produces two files in `target/images/` (see [`paths::images_out`]):
 //! - `loader`: our multiboot boot loader (`images/loader/`), an ELF32 file for QEMU's `-kernel`;
-//! - `appliance`: the appliance linked with the Hermit kernel, an ELF64 file for QEMU's `-initrd`.
+//! - `appliance`: the appliance linked with the Hermit kernel, an ELF64 file for QEMU's `-initrd`
+//!   (debug info stripped; the full ELF is `target/hermit/x86_64-unknown-hermit/release/appliance`).
 //!
 //! `cargo xtask run-appliance --memory 2G --port 7777 [-- APP ARGS]` boots them under QEMU TCG (never
 //! KVM: `/dev/kvm` on these machines cannot run Hermit) with virtio-net and user networking, the
@@ -84,7 +85,7 @@ pub fn image(args: &ImageArgs) -> Result<()> {
             args.jobs,
         )?
     };
-    copy(&app, &out.join("appliance"))?;
+    strip_debug(&app, &out.join("appliance"))?;
 
     let loader = build_loader(args.jobs)?;
     copy(&loader, &out.join("loader"))?;
@@ -100,6 +101,19 @@ pub fn image(args: &ImageArgs) -> Result<()> {
 fn copy(from: &Path, to: &Path) -> Result<()> {
     std::fs::copy(from, to)
         .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
+
+/// Copies the app without debug info: QEMU loads the whole `-initrd` file into guest RAM below the
+/// kernel, where it stays. The unstripped ELF (for symbolizing addresses) stays in `target/hermit/`.
+fn strip_debug(from: &Path, to: &Path) -> Result<()> {
+    let status = Command::new(hermit_tools::llvm_tool("llvm-objcopy")?)
+        .arg("--strip-debug")
+        .arg(from)
+        .arg(to)
+        .status()
+        .context("running llvm-objcopy --strip-debug")?;
+    ensure!(status.success(), "llvm-objcopy --strip-debug failed");
     Ok(())
 }
 
