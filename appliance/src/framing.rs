@@ -167,3 +167,43 @@ mod tests {
         assert_eq!(fb.buf.len(), INITIAL_CAPACITY);
     }
 }
+
+/// Outgoing replies: grows to the largest reply burst seen and is reused, so the hot path neither
+/// allocates nor re-zeroes memory. Shrinks back when the connection goes idle.
+#[derive(Default)]
+pub struct ReplyBuffer {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl ReplyBuffer {
+    /// Room for at least `n` more bytes (zero-filled only when the buffer grows).
+    pub fn room(&mut self, n: usize) -> &mut [u8] {
+        if self.buf.len() < self.len + n {
+            self.buf.resize(self.len + n, 0);
+        }
+        &mut self.buf[self.len..]
+    }
+
+    /// Records that `n` bytes were written into [`ReplyBuffer::room`].
+    pub fn commit(&mut self, n: usize) {
+        self.len = (self.len + n).min(self.buf.len());
+    }
+
+    /// The bytes waiting to be sent.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Forgets what was sent, keeping the memory.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Gives the memory back (idle connection).
+    pub fn shrink_if_idle(&mut self) {
+        if self.len == 0 {
+            self.buf = Vec::new();
+        }
+    }
+}

@@ -6,7 +6,7 @@
 //! which stops us reading its requests. A peer that stalls mid-frame is dropped after the frame
 //! timeout; a peer that is merely idle is kept.
 
-use crate::framing::FrameBuffer;
+use crate::framing::{FrameBuffer, ReplyBuffer};
 use crate::session::Session;
 use crate::store::Store;
 use crate::NetCounters;
@@ -41,6 +41,9 @@ const CONNECTION_STACK: usize = 256 * 1024;
 
 /// Replies are flushed once this much is pending, even mid-read.
 const OUT_FLUSH: usize = 256 * 1024;
+
+/// How often a blocked read wakes up to check for shutdown, stalled frames and idleness.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 struct Shared {
     stopping: AtomicBool,
@@ -202,20 +205,22 @@ fn serve(
     mut session: Session,
     net: &NetCounters,
     shared: &Shared,
-    timeout: Duration,
+    frame_timeout: Duration,
 ) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     // Not every platform supports socket timeouts; without them a stalled peer only costs a thread.
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
+    let _ = stream.set_read_timeout(Some(IDLE_TICK.min(frame_timeout)));
+    let _ = stream.set_write_timeout(Some(frame_timeout));
     let mut frames = FrameBuffer::default();
-    let mut out = Vec::new();
+    let mut out = ReplyBuffer::default();
+    let mut stalled_since: Option<std::time::Instant> = None;
     loop {
         match stream.read(frames.spare()) {
             Ok(0) if frames.has_partial() => anyhow::bail!("peer disconnected mid-frame"),
             Ok(0) => return Ok(()),
             Ok(n) => {
                 frames.commit(n);
+                stalled_since = None;
                 net.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e)
@@ -224,12 +229,19 @@ fn serve(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                if frames.has_partial() {
-                    net.malformed.fetch_add(1, Ordering::Relaxed);
-                    anyhow::bail!("peer stalled mid-frame for {timeout:?}");
-                }
                 if shared.stopping.load(Ordering::SeqCst) {
                     return Ok(());
+                }
+                if frames.has_partial() {
+                    let since = *stalled_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() + IDLE_TICK.min(frame_timeout) >= frame_timeout {
+                        net.malformed.fetch_add(1, Ordering::Relaxed);
+                        anyhow::bail!("peer stalled mid-frame for {frame_timeout:?}");
+                    }
+                } else {
+                    // Idle: give buffers grown for large batches back.
+                    frames.shrink_if_idle();
+                    out.shrink_if_idle();
                 }
                 continue;
             }
@@ -249,23 +261,61 @@ fn serve(
                 net.malformed.fetch_add(1, Ordering::Relaxed);
                 return Err(e.into());
             }
-            if out.len() >= OUT_FLUSH {
+            if out.pending().len() >= OUT_FLUSH {
                 flush(&mut stream, &mut out, net)?;
             }
         }
         flush(&mut stream, &mut out, net)?;
-        frames.shrink_if_idle();
     }
 }
 
-fn flush(stream: &mut TcpStream, out: &mut Vec<u8>, net: &NetCounters) -> io::Result<()> {
-    if !out.is_empty() {
-        stream.write_all(out)?;
-        net.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+fn flush(stream: &mut TcpStream, out: &mut ReplyBuffer, net: &NetCounters) -> io::Result<()> {
+    let pending = out.pending();
+    if !pending.is_empty() {
+        stream.write_all(pending)?;
+        net.bytes_out
+            .fetch_add(pending.len() as u64, Ordering::Relaxed);
         out.clear();
     }
-    if out.capacity() > 2 * OUT_FLUSH {
-        *out = Vec::new();
-    }
     Ok(())
+}
+
+/// A server running on its own thread; dropping it shuts the server down and waits for it (tests,
+/// embedding).
+pub struct Background {
+    addr: SocketAddr,
+    handle: ShutdownHandle,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Server {
+    /// Runs the server on a new thread.
+    pub fn spawn(self) -> io::Result<Background> {
+        let addr = self.local_addr()?;
+        let handle = self.shutdown_handle();
+        let thread = std::thread::Builder::new()
+            .name("appliance".into())
+            .spawn(move || self.run())?;
+        Ok(Background {
+            addr,
+            handle,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Background {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! magic or version, a reply where a request belongs) ends the connection.
 
 use crate::codec::{self, Scratch};
+use crate::framing::ReplyBuffer;
 use crate::store::{Fetched, Store};
 use crate::NetCounters;
 use protocol::{
@@ -56,7 +57,11 @@ impl Session {
     }
 
     /// Handles one complete frame, appending the reply frame to `out`.
-    pub fn handle_frame(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Result<(), SessionError> {
+    pub fn handle_frame(
+        &mut self,
+        frame: &[u8],
+        out: &mut ReplyBuffer,
+    ) -> Result<(), SessionError> {
         let header = Header::parse(frame)?;
         if header.is_reply() {
             return Err(SessionError::UnexpectedReply);
@@ -64,10 +69,9 @@ impl Session {
         let payload = frame
             .get(HEADER_LEN..header.frame_len())
             .ok_or(WireError::Truncated)?;
-        let start = out.len();
-        out.resize(start + reply_bound(header.opcode, payload), 0);
-        let n = self.dispatch(&header, payload, &mut out[start..]);
-        out.truncate(start + n);
+        let room = out.room(reply_bound(header.opcode, payload));
+        let n = self.dispatch(&header, payload, room);
+        out.commit(n);
         Ok(())
     }
 

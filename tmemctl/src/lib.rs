@@ -1,0 +1,8 @@
+//! Host-side tools for tmem appliances: a pipelining protocol client, page corpora, the verifying
+//! benchmark (against an appliance or, for comparison, memcached), and stats reporting.
+
+pub mod bench;
+pub mod client;
+pub mod corpus;
+pub mod memcached;
+pub mod stats;

@@ -1,0 +1,318 @@
+//! `tmemctl`: look at appliances (`stats`) and measure them (`bench`).
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tmemctl::bench::{run_phase, Backend, BenchConfig, Op, PhaseResult, TmemBackend};
+use tmemctl::client::Client;
+use tmemctl::corpus::Corpus;
+use tmemctl::memcached::MemcachedBackend;
+use tmemctl::stats;
+
+#[derive(Parser)]
+#[command(
+    name = "tmemctl",
+    version,
+    about = "Operate and benchmark tmem appliances"
+)]
+struct Cli {
+    /// Appliance address(es), HOST:PORT; repeat or comma-separate for several.
+    #[arg(
+        long,
+        short,
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7777"
+    )]
+    target: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show appliance counters.
+    Stats {
+        /// JSON output (one object per appliance, as a JSON array).
+        #[arg(long)]
+        json: bool,
+        /// Prometheus text format.
+        #[arg(long, conflicts_with = "json")]
+        prometheus: bool,
+        /// Refresh every N seconds until interrupted.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<u64>,
+    },
+    /// Put N pages, get them all back, verify every byte, report throughput and latency.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Pages to put and get back.
+    #[arg(long, default_value_t = 100_000)]
+    pages: u64,
+    /// Connections, one thread each.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 16)]
+    depth: usize,
+    /// Pages per request (BATCH frames; memcached: pipelined sets / multi-get).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Page contents: synthetic, process (live memory of a Python process), or a directory of files.
+    #[arg(long, default_value = "synthetic")]
+    corpus: String,
+    /// Server protocol: a tmem appliance or memcached (for side-by-side comparison).
+    #[arg(long, value_enum, default_value_t = Server::Tmem)]
+    server: Server,
+    /// PID of the server process, to report its resident memory per stored page.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Compress on the client and send LZ4 pages (the appliance verifies them).
+    #[arg(long)]
+    client_lz4: bool,
+    /// Fail if the run takes longer than this.
+    #[arg(long, default_value_t = 600)]
+    max_seconds: u64,
+    /// Keep the pages on the appliance afterwards.
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum Server {
+    Tmem,
+    Memcached,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Stats {
+            json,
+            prometheus,
+            watch,
+        } => run_stats(&cli.target, json, prometheus, watch),
+        Command::Bench(args) => run_bench(&cli.target[0], &args),
+    }
+}
+
+fn fetch_stats(target: &str) -> Result<Vec<u64>> {
+    Client::connect(target, stats_client_id(), Duration::from_secs(5))?.stats()
+}
+
+/// Observers use their own client id, so they never see or touch another client's pools.
+fn stats_client_id() -> u64 {
+    0x7374_6174_7300_0000 | std::process::id() as u64
+}
+
+fn run_stats(targets: &[String], json: bool, prometheus: bool, watch: Option<u64>) -> Result<()> {
+    // --watch is bounded too: at most a day of refreshes.
+    let rounds = if watch.is_some() { 86_400 } else { 1 };
+    for round in 0..rounds {
+        let mut docs = Vec::new();
+        let mut failed = 0;
+        if watch.is_some() {
+            print!("\x1b[2J\x1b[H");
+        }
+        for t in targets {
+            match fetch_stats(t) {
+                Ok(v) if json => docs.push(stats::json(t, &v)),
+                Ok(v) if prometheus => print!("{}", stats::prometheus(t, &v)),
+                Ok(v) => print!("{}", stats::table(t, &v)),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("{t}: {e:#}");
+                }
+            }
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&docs)?);
+        }
+        match watch {
+            Some(secs) if round + 1 < rounds => {
+                std::thread::sleep(Duration::from_secs(secs.max(1)))
+            }
+            _ if failed > 0 => bail!("{failed} of {} appliances did not answer", targets.len()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn rss_bytes(pid: Option<u32>) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn load_corpus(spec: &str, pages: u64) -> Result<Corpus> {
+    let distinct = pages.clamp(1, 16_384) as usize;
+    match spec {
+        "synthetic" => Ok(Corpus::synthetic(distinct, 0x5eed)),
+        "process" => Corpus::from_process(distinct),
+        dir => Corpus::from_dir(std::path::Path::new(dir), distinct),
+    }
+}
+
+fn run_bench(target: &str, a: &BenchArgs) -> Result<()> {
+    if a.pages == 0 || a.threads == 0 || a.depth == 0 || a.batch == 0 {
+        bail!("--pages, --threads, --depth and --batch must be at least 1");
+    }
+    if a.batch > protocol::MAX_BATCH {
+        bail!("--batch is at most {}", protocol::MAX_BATCH);
+    }
+    let corpus =
+        Arc::new(load_corpus(&a.corpus, a.pages).with_context(|| format!("corpus {}", a.corpus))?);
+    let cfg = BenchConfig {
+        pages: a.pages,
+        threads: a.threads,
+        depth: a.depth,
+        batch: a.batch,
+        client_lz4: a.client_lz4,
+        max_time: Duration::from_secs(a.max_seconds),
+        progress: true,
+    };
+    eprintln!(
+        "bench: {} pages ({} distinct, corpus {}) against {:?} at {target}, {} threads x depth {} x batch {}",
+        a.pages, corpus.len(), corpus.name, a.server, a.threads, a.depth, a.batch
+    );
+    match a.server {
+        Server::Tmem => {
+            let run_id = std::process::id() as u64;
+            let backends = (0..a.threads)
+                .map(|t| TmemBackend::connect(target, (run_id << 16) | t as u64, a.client_lz4))
+                .collect::<Result<Vec<_>>>()?;
+            bench_with(backends, &corpus, &cfg, a, || {
+                let v = fetch_stats(target)?;
+                Ok(stats::derived(&v)
+                    .into_iter()
+                    .chain(stats::named(&v).into_iter().map(|(k, v)| (k, v as f64)))
+                    .collect())
+            })
+        }
+        Server::Memcached => {
+            let run_id = std::process::id();
+            let backends = (0..a.threads)
+                .map(|t| MemcachedBackend::connect(target, &format!("b{run_id}t{t}:")))
+                .collect::<Result<Vec<_>>>()?;
+            let target = target.to_string();
+            bench_with(backends, &corpus, &cfg, a, move || {
+                let mut m = MemcachedBackend::connect(&target, "")?;
+                let s = m.stats()?;
+                let num = |k: &str| {
+                    s.iter()
+                        .find(|(n, _)| n == k)
+                        .and_then(|(_, v)| v.parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                };
+                let items = num("curr_items").max(1.0);
+                Ok(vec![
+                    ("bytes_per_page".into(), num("bytes") / items),
+                    ("pages".into(), num("curr_items")),
+                ])
+            })
+        }
+    }
+}
+
+fn bench_with<B: Backend + 'static>(
+    mut backends: Vec<B>,
+    corpus: &Arc<Corpus>,
+    cfg: &BenchConfig,
+    a: &BenchArgs,
+    server_stats: impl Fn() -> Result<Vec<(String, f64)>>,
+) -> Result<()> {
+    let rss_before = rss_bytes(a.server_pid);
+    let started = Instant::now();
+    let put = run_phase(Op::Put, &mut backends, corpus, cfg)?;
+    let rss_after = rss_bytes(a.server_pid);
+    let after_put = server_stats()?;
+    let get = run_phase(Op::Get, &mut backends, corpus, cfg)?;
+    let total = started.elapsed();
+    if !a.keep {
+        for b in &mut backends {
+            b.cleanup()?;
+        }
+    }
+    let find = |k: &str| after_put.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+    report("put", &put);
+    report("get", &get);
+    let mut latency = put.latency.clone();
+    latency.add(&get.latency)?;
+    let stored = (a.pages - put.errors).max(1) as f64;
+    let mut summary = vec![
+        format!("server={:?}", a.server).to_lowercase(),
+        format!("corpus={}", corpus.name.split(':').next().unwrap_or("?")),
+        format!("pages={}", a.pages),
+        format!("threads={} depth={} batch={}", a.threads, a.depth, a.batch),
+        format!(
+            "put_ops_s={:.0} get_ops_s={:.0}",
+            put.ops_per_sec(),
+            get.ops_per_sec()
+        ),
+        format!(
+            "ops_s={:.0}",
+            2.0 * a.pages as f64 / (put.elapsed + get.elapsed).as_secs_f64()
+        ),
+        format!(
+            "mib_s={:.1}",
+            2.0 * a.pages as f64 * 4096.0
+                / (1 << 20) as f64
+                / (put.elapsed + get.elapsed).as_secs_f64()
+        ),
+        format!(
+            "p50_us={:.0} p99_us={:.0} p999_us={:.0}",
+            latency.value_at_quantile(0.5) as f64 / 1e3,
+            latency.value_at_quantile(0.99) as f64 / 1e3,
+            latency.value_at_quantile(0.999) as f64 / 1e3
+        ),
+    ];
+    for k in [
+        "compression_ratio",
+        "bytes_per_page",
+        "allocator_efficiency",
+    ] {
+        if let Some(v) = find(k) {
+            summary.push(format!("{k}={v:.3}"));
+        }
+    }
+    if let (Some(before), Some(after)) = (rss_before, rss_after) {
+        summary.push(format!(
+            "rss_bytes_per_page={:.0}",
+            after.saturating_sub(before) as f64 / stored
+        ));
+    }
+    summary.push(format!("seconds={:.2}", total.as_secs_f64()));
+    summary.push(format!(
+        "refused={} mismatches={}",
+        put.errors, get.mismatches
+    ));
+    println!("{}", summary.join(" "));
+    if get.mismatches > 0 {
+        bail!(
+            "{} pages read back differ from what was written",
+            get.mismatches
+        );
+    }
+    Ok(())
+}
+
+fn report(name: &str, r: &PhaseResult) {
+    eprintln!(
+        "{name}: {} pages in {:.2}s = {:.0} pages/s, {:.1} MiB/s; latency p50 {:.0}us p99 {:.0}us p999 {:.0}us; {} refused/missing, {} mismatched",
+        r.pages,
+        r.elapsed.as_secs_f64(),
+        r.ops_per_sec(),
+        r.mib_per_sec(),
+        r.percentile_us(0.5),
+        r.percentile_us(0.99),
+        r.percentile_us(0.999),
+        r.errors,
+        r.mismatches
+    );
+}
