@@ -53,6 +53,12 @@ pub struct RunArgs {
     /// (default: three quarters of the guest memory).
     #[arg(long)]
     store: Option<String>,
+    /// Environment variable for the appliance, `KEY=VALUE` (repeatable; Hermit's `env=` boot arg).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Extra Hermit kernel argument placed before `--` (repeatable), e.g. `-freq 2400`.
+    #[arg(long = "kernel-arg", value_name = "ARG", allow_hyphen_values = true)]
+    kernel_args: Vec<String>,
     /// Arguments for the appliance (replace the defaults `--listen 0.0.0.0:PORT --memory STORE`).
     #[arg(last = true)]
     app_args: Vec<String>,
@@ -247,7 +253,14 @@ pub fn run_appliance(args: &RunArgs) -> Result<()> {
     } else {
         args.app_args.clone()
     };
-    let cmdline = format!("-- {}", app_args.join(" "));
+    let mut cmdline: Vec<String> = args.kernel_args.clone();
+    for kv in &args.env {
+        ensure!(kv.contains('='), "--env wants KEY=VALUE, got {kv:?}");
+        cmdline.push(format!("env={kv}"));
+    }
+    cmdline.push("--".to_owned());
+    cmdline.extend(app_args.iter().cloned());
+    let cmdline = cmdline.join(" ");
     let port = args.port;
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([

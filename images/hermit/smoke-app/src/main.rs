@@ -19,6 +19,8 @@ fn echo(mut stream: TcpStream) -> std::io::Result<()> {
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     println!("hermit-smoke: hello from Hermit, args = {args:?}");
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    println!("hermit-smoke: env = {env:?}");
     let listen = args
         .windows(2)
         .find(|w| w[0] == "--listen")
