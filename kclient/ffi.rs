@@ -1,0 +1,53 @@
+//! Declarations of the C helpers in `kclient_helpers.c` (see `kclient_helpers.h` for their contracts).
+//!
+//! Only the thin wrappers (`blk`, `net`, `thread`) and the module entry points call these.
+
+// Raw pointers to kernel structs only; bindgen marks a few nested lockdep types zero-sized.
+#![allow(improper_ctypes)]
+
+use kernel::bindings;
+use kernel::ffi::{c_char, c_int, c_void};
+
+extern "C" {
+    pub(crate) fn kc_rq_copy(
+        rq: *mut bindings::request,
+        offset: usize,
+        buf: *mut c_void,
+        len: usize,
+        to_rq: bool,
+    ) -> usize;
+    pub(crate) fn kc_tag_to_rq(
+        set: *mut bindings::blk_mq_tag_set,
+        hctx_idx: u32,
+        tag: u32,
+    ) -> *mut bindings::request;
+    pub(crate) fn kc_alloc_disk(
+        set: *mut bindings::blk_mq_tag_set,
+        lim: *mut bindings::queue_limits,
+        queuedata: *mut c_void,
+    ) -> *mut bindings::gendisk;
+
+    pub(crate) fn kc_tcp_connect(
+        addr: u32,
+        port: u16,
+        connect_timeout_ms: u32,
+        io_timeout_ms: u32,
+        out: *mut *mut bindings::socket,
+    ) -> c_int;
+    pub(crate) fn kc_sock_send(sock: *mut bindings::socket, buf: *const c_void, len: usize)
+        -> c_int;
+    pub(crate) fn kc_sock_recv(sock: *mut bindings::socket, buf: *mut c_void, len: usize) -> c_int;
+    pub(crate) fn kc_sock_shutdown(sock: *mut bindings::socket);
+    pub(crate) fn kc_sock_release(sock: *mut bindings::socket);
+
+    pub(crate) fn kc_param_remote_target(buf: *mut c_char, len: usize) -> usize;
+    pub(crate) fn kc_param_size_bytes() -> u64;
+    pub(crate) fn kc_param_io_timeout_ms() -> u32;
+    pub(crate) fn kc_param_nr_conns() -> u32;
+    pub(crate) fn kc_param_client_id() -> u64;
+    pub(crate) fn kc_num_online_cpus() -> u32;
+    pub(crate) fn kc_params_set_live(live: bool);
+
+    pub(crate) fn kc_debugfs_init() -> c_int;
+    pub(crate) fn kc_debugfs_exit();
+}

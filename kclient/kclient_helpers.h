@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The C surface of kclient: only what Rust cannot reach in Linux 6.12 (macros, static inline
+ * functions, module parameters, debugfs). Every function here is declared again, with the same
+ * types, in kclient/ffi.rs.
+ */
+#ifndef KCLIENT_HELPERS_H
+#define KCLIENT_HELPERS_H
+
+#include <linux/types.h>
+
+struct request;
+struct socket;
+struct blk_mq_tag_set;
+struct queue_limits;
+struct gendisk;
+
+/* Copies `len` bytes between `buf` and the request's data segments starting at byte `offset`
+ * of the request. `to_rq` selects the direction. Returns the bytes copied. */
+size_t kc_rq_copy(struct request *rq, size_t offset, void *buf, size_t len, bool to_rq);
+/* blk_mq_tag_to_rq() for hardware queue `hctx_idx`; NULL if out of range or never used. */
+struct request *kc_tag_to_rq(struct blk_mq_tag_set *set, u32 hctx_idx, u32 tag);
+/* blk_mq_alloc_disk() (a macro with a lock class key). Returns an ERR_PTR on failure. */
+struct gendisk *kc_alloc_disk(struct blk_mq_tag_set *set, struct queue_limits *lim, void *queuedata);
+
+/* TCP to an IPv4 address (host byte order). Tunes the socket for the swap path (memalloc, NOIO,
+ * nodelay, send timeout). 0 or -errno; *out is set on success. */
+int kc_tcp_connect(u32 addr, u16 port, u32 connect_timeout_ms, u32 io_timeout_ms, struct socket **out);
+/* Sends the whole buffer (looping on short sends) with reclaim disabled: 0 or -errno. */
+int kc_sock_send(struct socket *sock, const void *buf, size_t len);
+/* Receives exactly `len` bytes: 0, -ECONNRESET on EOF, or -errno. */
+int kc_sock_recv(struct socket *sock, void *buf, size_t len);
+void kc_sock_shutdown(struct socket *sock);
+void kc_sock_release(struct socket *sock);
+
+/* Module parameters (owned by C, parsed by Rust). */
+size_t kc_param_remote_target(char *buf, size_t len);
+u64 kc_param_size_bytes(void);
+u32 kc_param_io_timeout_ms(void);
+u32 kc_param_nr_conns(void);
+u64 kc_param_client_id(void);
+u32 kc_num_online_cpus(void);
+/* While live, writes to remote_target call Rust's kclient_target_changed(val) under the parameter
+ * lock (an error rejects the write); clearing it waits for a running call. */
+void kc_params_set_live(bool live);
+
+/* debugfs: /sys/kernel/debug/kclient/stats, formatted by Rust's kclient_stats_format(). */
+int kc_debugfs_init(void);
+void kc_debugfs_exit(void);
+
+#endif

@@ -1,0 +1,130 @@
+//! Counters, in the spirit of RAMster's: what went to the appliance, what came back, what failed,
+//! and how long requests took. Lock-free (relaxed atomics); shown in `/sys/kernel/debug/kclient/stats`.
+
+use core::fmt::Write;
+use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Latency histogram buckets: bucket `i` counts requests that took < 2^i microseconds (the last one
+/// counts everything slower).
+pub(crate) const LAT_BUCKETS: usize = 24;
+
+pub(crate) struct Stats {
+    pub(crate) pages_stored: AtomicU64,
+    pub(crate) pages_loaded: AtomicU64,
+    pub(crate) pages_loaded_zero: AtomicU64,
+    pub(crate) pages_discarded: AtomicU64,
+    pub(crate) puts_refused: AtomicU64,
+    pub(crate) failed_puts: AtomicU64,
+    pub(crate) failed_gets: AtomicU64,
+    pub(crate) failed_flushes: AtomicU64,
+    pub(crate) failed_requests: AtomicU64,
+    pub(crate) checksum_errors: AtomicU64,
+    pub(crate) lost_pages: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) inflight_requests: AtomicI64,
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) connect_failures: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) stale_replies: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) lat: [AtomicU64; LAT_BUCKETS],
+}
+
+pub(crate) static STATS: Stats = Stats {
+    pages_stored: AtomicU64::new(0),
+    pages_loaded: AtomicU64::new(0),
+    pages_loaded_zero: AtomicU64::new(0),
+    pages_discarded: AtomicU64::new(0),
+    puts_refused: AtomicU64::new(0),
+    failed_puts: AtomicU64::new(0),
+    failed_gets: AtomicU64::new(0),
+    failed_flushes: AtomicU64::new(0),
+    failed_requests: AtomicU64::new(0),
+    checksum_errors: AtomicU64::new(0),
+    lost_pages: AtomicU64::new(0),
+    bytes_sent: AtomicU64::new(0),
+    bytes_received: AtomicU64::new(0),
+    inflight_requests: AtomicI64::new(0),
+    reconnects: AtomicU64::new(0),
+    connect_failures: AtomicU64::new(0),
+    timeouts: AtomicU64::new(0),
+    stale_replies: AtomicU64::new(0),
+    protocol_errors: AtomicU64::new(0),
+    requests: AtomicU64::new(0),
+    lat: [const { AtomicU64::new(0) }; LAT_BUCKETS],
+};
+
+/// Adds one to a counter.
+pub(crate) fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Records a finished request that took `ns` nanoseconds.
+pub(crate) fn record_latency(ns: u64) {
+    let us = ns / 1000;
+    let bucket = (64 - us.leading_zeros()) as usize;
+    inc(&STATS.requests);
+    if let Some(b) = STATS.lat.get(bucket.min(LAT_BUCKETS - 1)) {
+        inc(b);
+    }
+}
+
+/// A `fmt::Write` into a fixed buffer that silently truncates.
+struct BufWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl Write for BufWriter<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let room = self.buf.len().saturating_sub(self.len);
+        let n = s.len().min(room);
+        if let (Some(dst), Some(src)) = (self.buf.get_mut(self.len..self.len + n), s.as_bytes().get(..n)) {
+            dst.copy_from_slice(src);
+            self.len += n;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `name value` lines into `buf`; returns the length written.
+pub(crate) fn format(buf: &mut [u8], connected: u32, conns: u32) -> usize {
+    let mut w = BufWriter { buf, len: 0 };
+    let s = &STATS;
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let _ = writeln!(w, "pages_stored {}", get(&s.pages_stored));
+    let _ = writeln!(w, "pages_loaded {}", get(&s.pages_loaded));
+    let _ = writeln!(w, "pages_loaded_zero {}", get(&s.pages_loaded_zero));
+    let _ = writeln!(w, "pages_discarded {}", get(&s.pages_discarded));
+    let _ = writeln!(w, "puts_refused {}", get(&s.puts_refused));
+    let _ = writeln!(w, "failed_puts {}", get(&s.failed_puts));
+    let _ = writeln!(w, "failed_gets {}", get(&s.failed_gets));
+    let _ = writeln!(w, "failed_flushes {}", get(&s.failed_flushes));
+    let _ = writeln!(w, "failed_requests {}", get(&s.failed_requests));
+    let _ = writeln!(w, "checksum_errors {}", get(&s.checksum_errors));
+    let _ = writeln!(w, "lost_pages {}", get(&s.lost_pages));
+    let _ = writeln!(w, "bytes_sent {}", get(&s.bytes_sent));
+    let _ = writeln!(w, "bytes_received {}", get(&s.bytes_received));
+    let _ = writeln!(w, "inflight_requests {}", s.inflight_requests.load(Ordering::Relaxed));
+    let _ = writeln!(w, "reconnects {}", get(&s.reconnects));
+    let _ = writeln!(w, "connect_failures {}", get(&s.connect_failures));
+    let _ = writeln!(w, "timeouts {}", get(&s.timeouts));
+    let _ = writeln!(w, "stale_replies {}", get(&s.stale_replies));
+    let _ = writeln!(w, "protocol_errors {}", get(&s.protocol_errors));
+    let _ = writeln!(w, "requests {}", get(&s.requests));
+    let _ = writeln!(w, "connections_up {connected}");
+    let _ = writeln!(w, "connections {conns}");
+    for (i, b) in s.lat.iter().enumerate() {
+        let n = get(b);
+        if n != 0 {
+            let _ = writeln!(w, "latency_us_lt_{} {}", 1u64 << i, n);
+        }
+    }
+    w.len
+}
