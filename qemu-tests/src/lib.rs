@@ -8,6 +8,8 @@
 //! - a test whose artefacts are missing prints `SKIP` and returns (see [`hermit_image`]); the real
 //!   test command builds them first (`cargo xtask image`).
 
+pub mod linux_vm;
+
 use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

@@ -1,0 +1,230 @@
+//! The Linux client VM (our 6.12 kernel + kclient + busybox initramfs) and the host-mode appliance.
+//!
+//! The guest's `/init` runs the test named by `tmem_test=` on the kernel command line and prints
+//! `TMEM-PHASE ...` progress lines and one `TMEM-RESULT key=value ...` line on the serial console;
+//! [`parse_result`] turns that line into a map. See `images/linux/initramfs/`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{images_dir, qemu_available, workspace_root, Qemu};
+
+/// Artefacts made by `cargo xtask client-image`.
+#[derive(Clone, Debug)]
+pub struct ClientImage {
+    pub bzimage: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+/// The client image, or `None` after printing a SKIP line naming what is missing.
+pub fn client_image(test: &str) -> Option<ClientImage> {
+    let dir = images_dir();
+    let image = ClientImage {
+        bzimage: dir.join("bzImage"),
+        initramfs: dir.join("initramfs.cpio.gz"),
+    };
+    for path in [&image.bzimage, &image.initramfs] {
+        if !path.is_file() {
+            eprintln!(
+                "SKIP {test}: {} missing (run `cargo xtask client-image`, or set TMEM_IMAGES)",
+                path.display()
+            );
+            return None;
+        }
+    }
+    if !qemu_available() {
+        eprintln!(
+            "SKIP {test}: qemu-system-x86_64 not found (cargo xtask client-image installs it)"
+        );
+        return None;
+    }
+    Some(image)
+}
+
+/// QEMU command line for the client VM: TCG (never KVM here), `smp` vCPUs, `memory` RAM, user
+/// networking (the host is 10.0.2.2), serial console on stdout, `append` added to the kernel command line.
+pub fn client_command(image: &ClientImage, memory: &str, smp: u32, append: &str) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", memory])
+        .args(["-smp", &smp.to_string()])
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+        .arg("-no-reboot")
+        .arg("-kernel")
+        .arg(&image.bzimage)
+        .arg("-initrd")
+        .arg(&image.initramfs)
+        .args([
+            "-append",
+            &format!("console=ttyS0 panic=-1 oops=panic loglevel=6 {append}"),
+        ])
+        .args([
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ]);
+    cmd
+}
+
+/// Boots the client VM (see [`client_command`]); killed when the guard drops.
+pub fn boot_client(
+    name: &str,
+    image: &ClientImage,
+    memory: &str,
+    smp: u32,
+    append: &str,
+) -> std::io::Result<Qemu> {
+    Qemu::spawn(name, client_command(image, memory, smp, append))
+}
+
+/// The host-mode appliance binary (`cargo build -p appliance`), release preferred.
+pub fn appliance_binary(test: &str) -> Option<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    for profile in ["release", "debug"] {
+        let path = target.join(profile).join("appliance");
+        if path.is_file() {
+            return Some(path);
+        }
+    }
+    eprintln!("SKIP {test}: appliance binary missing (run `cargo build -p appliance`)");
+    None
+}
+
+/// A host-mode appliance process, killed when dropped (also during a panic).
+pub struct Appliance {
+    child: Child,
+    pub port: u16,
+}
+
+impl Appliance {
+    /// Starts `binary --listen 127.0.0.1:PORT --memory MEMORY` on a free port and waits (bounded)
+    /// until it says it is listening.
+    pub fn start(binary: &PathBuf, memory: &str) -> std::io::Result<Appliance> {
+        let port = crate::free_port();
+        let mut child = Command::new(binary)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--memory", memory])
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take();
+        let mut appliance = Appliance { child, port };
+        // Read the "listening" line on a thread so a silent appliance cannot block us.
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(stdout) = stdout {
+            std::thread::spawn(move || {
+                let mut sent = false;
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if !sent && line.contains("listening") {
+                        let _ = tx.send(());
+                        sent = true;
+                    }
+                }
+            });
+        }
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(()) => Ok(appliance),
+            Err(_) => {
+                appliance.kill();
+                Err(std::io::Error::other(
+                    "appliance did not start listening within 20 s",
+                ))
+            }
+        }
+    }
+
+    /// Kills the appliance now (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Parses the `TMEM-RESULT key=value ...` line of a console log.
+pub fn parse_result(log: &str) -> Option<HashMap<String, String>> {
+    let line = log
+        .lines()
+        .find_map(|l| l.split_once("TMEM-RESULT ").map(|(_, rest)| rest))?;
+    Some(
+        line.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+/// Numeric field of a parsed result (`None` if missing or not a number).
+pub fn num(result: &HashMap<String, String>, key: &str) -> Option<i64> {
+    result.get(key)?.parse().ok()
+}
+
+/// Waits (bounded) until the VM has exited; returns whether it did.
+pub fn wait_exit(vm: &mut Qemu, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if !vm.is_running() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// Kernel warnings, oopses and hangs in a console log.
+pub fn kernel_problems(log: &str) -> Vec<String> {
+    const BAD: &[&str] = &[
+        "WARNING:",
+        "BUG:",
+        "Oops",
+        "kernel BUG",
+        "Call Trace",
+        "general protection",
+        "Kernel panic",
+        "sleeping function called from invalid context",
+        "blocked for more than",
+        "soft lockup",
+    ];
+    log.lines()
+        .filter(|l| BAD.iter().any(|b| l.contains(b)))
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_result_line() {
+        let log = "boot\r\nTMEM-PHASE x\r\nTMEM-RESULT test=swap status=pass pages_stored=12 \r\n";
+        let r = parse_result(log).expect("result line");
+        assert_eq!(r.get("status").map(String::as_str), Some("pass"));
+        assert_eq!(num(&r, "pages_stored"), Some(12));
+        assert!(parse_result("nothing").is_none());
+    }
+
+    #[test]
+    fn finds_kernel_problems() {
+        assert!(kernel_problems("[ 1.0] ok\n").is_empty());
+        assert_eq!(
+            kernel_problems("[ 2.0] BUG: kernel NULL pointer\n").len(),
+            1
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! Client VM tests: swap on `/dev/kclient0` backed by a host-mode appliance.
+//!
+//! - `swap_workload_3x_ram`: 256 MiB / 2 vCPU guest with zswap, a workload of 3x RAM that must
+//!   verify, consistent kclient counters, no kernel warnings, swapoff and rmmod succeed.
+//! - `appliance_killed_during_io`: the appliance is SIGKILLed while the workload swaps; the guest must
+//!   report errors (not hang or oops), and swapoff, rmmod and poweroff must complete.
+//!
+//! Build first: `cargo xtask client-image && cargo build --release -p appliance`; otherwise SKIP.
+//! Env: `TMEM_KCLIENT_MIB` overrides the workload size (default 3 x 256 MiB).
+
+use std::time::Duration;
+
+use qemu_tests::linux_vm::{
+    appliance_binary, boot_client, client_image, kernel_problems, num, parse_result, wait_exit,
+    Appliance,
+};
+
+const VM_MEMORY: &str = "256M";
+const VM_CPUS: u32 = 2;
+
+fn workload_mib() -> u64 {
+    std::env::var("TMEM_KCLIENT_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3 * 256)
+}
+
+#[test]
+fn swap_workload_3x_ram() {
+    let name = "kclient_swap";
+    let (Some(image), Some(appliance_bin)) = (client_image(name), appliance_binary(name)) else {
+        return;
+    };
+    let appliance = Appliance::start(&appliance_bin, "2GiB").expect("start appliance");
+    let mib = workload_mib();
+    let append = format!(
+        "tmem_test=swap tmem_target=10.0.2.2:{} tmem_size=1G tmem_mib={mib}",
+        appliance.port
+    );
+    let mut vm = boot_client(name, &image, VM_MEMORY, VM_CPUS, &append).expect("boot client VM");
+    let limit = Duration::from_secs(1500);
+    let waited = vm.wait_for_output("TMEM-RESULT", limit);
+    // Let the guest finish printing and power off (bounded), then inspect the log.
+    let exited = wait_exit(&mut vm, Duration::from_secs(60));
+    let log = vm.output();
+    waited.unwrap_or_else(|e| panic!("no result: {e}"));
+    let result = parse_result(&log).expect("TMEM-RESULT line");
+    eprintln!("kclient_swap result: {result:?}");
+
+    let problems = kernel_problems(&log);
+    assert!(
+        problems.is_empty(),
+        "kernel problems: {problems:#?}\nlog: {}",
+        vm.log_path().display()
+    );
+    for key in [
+        "insmod", "mkswap", "swapon", "workload", "swapoff", "rmmod", "oops",
+    ] {
+        assert_eq!(num(&result, key), Some(0), "{key} failed: {result:?}");
+    }
+    assert_eq!(result.get("status").map(String::as_str), Some("pass"));
+    assert!(
+        log.contains("TMEM-WORKLOAD status=ok"),
+        "workload did not verify"
+    );
+
+    // Pages really went to the appliance and came back.
+    let stored = num(&result, "pages_stored").unwrap_or(0);
+    let loaded = num(&result, "pages_loaded").unwrap_or(0);
+    let pswpout = num(&result, "pswpout").unwrap_or(0);
+    assert!(stored > 1000, "too few pages stored: {result:?}");
+    assert!(loaded > 1000, "too few pages loaded: {result:?}");
+    assert!(
+        stored <= pswpout,
+        "more pages stored than swapped out: {result:?}"
+    );
+    assert!(
+        num(&result, "bytes_sent").unwrap_or(0) >= stored * 56,
+        "{result:?}"
+    );
+    for key in [
+        "failed_puts",
+        "failed_gets",
+        "failed_requests",
+        "checksum_errors",
+        "lost_pages",
+        "timeouts",
+        "protocol_errors",
+    ] {
+        assert_eq!(num(&result, key), Some(0), "{key} nonzero: {result:?}");
+    }
+    assert!(exited, "VM did not power off");
+    drop(appliance);
+}
+
+#[test]
+fn appliance_killed_during_io() {
+    let name = "kclient_fail";
+    let (Some(image), Some(appliance_bin)) = (client_image(name), appliance_binary(name)) else {
+        return;
+    };
+    let mut appliance = Appliance::start(&appliance_bin, "2GiB").expect("start appliance");
+    let append = format!(
+        "tmem_test=fail tmem_target=10.0.2.2:{} tmem_size=1G tmem_mib={} tmem_timeout_ms=5000",
+        appliance.port,
+        workload_mib()
+    );
+    let mut vm = boot_client(name, &image, VM_MEMORY, VM_CPUS, &append).expect("boot client VM");
+    vm.wait_for_output("TMEM-PHASE workload-start", Duration::from_secs(300))
+        .expect("workload started");
+    // Let swapping get going, then pull the plug.
+    std::thread::sleep(Duration::from_secs(20));
+    appliance.kill();
+    eprintln!("appliance killed");
+    let waited = vm.wait_for_output("TMEM-RESULT", Duration::from_secs(900));
+    let exited = wait_exit(&mut vm, Duration::from_secs(120));
+    let log = vm.output();
+    waited.unwrap_or_else(|e| panic!("no result after killing the appliance: {e}"));
+    let result = parse_result(&log).expect("TMEM-RESULT line");
+    eprintln!("kclient_fail result: {result:?}");
+
+    let problems: Vec<_> = kernel_problems(&log)
+        .into_iter()
+        // Swap write errors are expected and reported by the kernel without a trace.
+        .filter(|l| {
+            !l.contains("Write-error on swap-device") && !l.contains("Read-error on swap-device")
+        })
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "kernel problems: {problems:#?}\nlog: {}",
+        vm.log_path().display()
+    );
+    assert_eq!(num(&result, "oops"), Some(0));
+    assert_eq!(num(&result, "insmod"), Some(0));
+    assert_eq!(
+        num(&result, "rmmod"),
+        Some(0),
+        "rmmod must complete: {result:?}"
+    );
+    assert!(
+        num(&result, "failed_requests").unwrap_or(0) > 0 || num(&result, "workload") == Some(0),
+        "errors must be reported: {result:?}"
+    );
+    assert!(exited, "VM did not power off after the appliance died");
+}
