@@ -19,6 +19,7 @@ pub fn checksum(data: &[u8]) -> u32 {
 pub struct Scratch {
     raw: [u8; PAGE_SIZE],
     compressed: Vec<u8>,
+    table: lz4_flex::block::CompressTable,
 }
 
 impl Default for Scratch {
@@ -26,6 +27,7 @@ impl Default for Scratch {
         Scratch {
             raw: [0; PAGE_SIZE],
             compressed: vec![0; lz4_flex::block::get_maximum_output_size(PAGE_SIZE)],
+            table: lz4_flex::block::CompressTable::small(),
         }
     }
 }
@@ -98,8 +100,9 @@ pub fn ingest<'a>(
     if page.encoding == Encoding::Lz4 && page.data.len() <= raw_threshold {
         return Ok(Stored::Lz4(page.data));
     }
-    let n = lz4_flex::block::compress_into(raw, &mut scratch.compressed)
-        .map_err(|_| CodecError::Corrupt)?;
+    let n =
+        lz4_flex::block::compress_into_with_table(raw, &mut scratch.compressed, &mut scratch.table)
+            .map_err(|_| CodecError::Corrupt)?;
     if n <= raw_threshold {
         Ok(Stored::Lz4(&scratch.compressed[..n]))
     } else if page.encoding == Encoding::Raw {

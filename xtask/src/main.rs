@@ -2,6 +2,7 @@
 //!
 //! Each verb lives in its own module; this file only parses the command line and dispatches.
 
+mod bench;
 mod hermit;
 mod hermit_kernel;
 mod hermit_tools;
@@ -9,6 +10,7 @@ mod linux;
 mod linux_initramfs;
 mod linux_kernel;
 mod paths;
+mod testing;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -28,6 +30,12 @@ enum Verb {
     RunAppliance(hermit::RunArgs),
     /// Build the client-side Linux kernel, the kclient module and the initramfs.
     ClientImage(linux::ClientImageArgs),
+    /// Run the whole test suite (what CI runs): format, lints, host tests, then VM tests.
+    Test(testing::TestArgs),
+    /// Build the VM images and run the QEMU tests (appliance VM, client VM with kclient).
+    TestVm,
+    /// Side-by-side benchmarks; results go to docs/benchmarks.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -35,5 +43,8 @@ fn main() -> Result<()> {
         Verb::Image(args) => hermit::image(&args),
         Verb::RunAppliance(args) => hermit::run_appliance(&args),
         Verb::ClientImage(args) => linux::client_image(&args),
+        Verb::Test(args) => testing::test(&args),
+        Verb::TestVm => testing::test_vm(),
+        Verb::Bench(args) => bench::bench(&args),
     }
 }

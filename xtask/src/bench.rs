@@ -1,0 +1,270 @@
+//! `cargo xtask bench`: the appliance side by side with memcached on loopback, same pages, same
+//! client, same concurrency, alternating runs, each against a freshly started server; medians and
+//! ratios are written to `docs/benchmarks.md` (between the `host-bench` markers).
+
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::linux_kernel::{run, step};
+use crate::paths;
+use crate::testing::ensure_host_prerequisites;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Pages per run.
+    #[arg(long, default_value_t = 200_000)]
+    pages: u64,
+    /// Rounds per scenario (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Do not rewrite docs/benchmarks.md, only print.
+    #[arg(long)]
+    no_docs: bool,
+}
+
+/// A server process that is killed when dropped.
+struct ServerProcess {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_appliance(memory: &str) -> Result<ServerProcess> {
+    let bin = paths::repo_root().join("target/release/appliance");
+    let mut child = Command::new(bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--memory",
+            memory,
+            "--log-level",
+            "warn",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the appliance")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("appliance listening on ")
+        .context("no listening line")?
+        .to_string();
+    Ok(ServerProcess { child, addr })
+}
+
+fn start_memcached(memory_mib: u64) -> Result<ServerProcess> {
+    let port = free_port()?;
+    let child = Command::new("memcached")
+        .args([
+            "-u",
+            "root",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-t",
+            "2",
+            "-c",
+            "4096",
+        ])
+        .args(["-m", &memory_mib.to_string()])
+        .spawn()
+        .context("starting memcached")?;
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("memcached did not start listening on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(ServerProcess { child, addr })
+}
+
+/// One `tmemctl bench` run; returns its `key=value` summary.
+fn tmemctl_bench(
+    server: &ServerProcess,
+    kind: &str,
+    corpus: &str,
+    batch: usize,
+    pages: u64,
+) -> Result<BTreeMap<String, String>> {
+    let bin = paths::repo_root().join("target/release/tmemctl");
+    let out = Command::new(bin)
+        .args([
+            "--target",
+            &server.addr,
+            "bench",
+            "--server",
+            kind,
+            "--corpus",
+            corpus,
+        ])
+        .args([
+            "--pages",
+            &pages.to_string(),
+            "--threads",
+            "2",
+            "--depth",
+            "16",
+        ])
+        .args([
+            "--batch",
+            &batch.to_string(),
+            "--server-pid",
+            &server.child.id().to_string(),
+        ])
+        .args(["--max-seconds", "300"])
+        .stderr(Stdio::inherit())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("tmemctl bench against {kind} failed: {stdout}");
+    }
+    let last = stdout.lines().last().unwrap_or_default();
+    Ok(last
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+struct Scenario {
+    corpus: &'static str,
+    batch: usize,
+    tmem: Vec<BTreeMap<String, String>>,
+    memcached: Vec<BTreeMap<String, String>>,
+}
+
+impl Scenario {
+    fn med(runs: &[BTreeMap<String, String>], key: &str) -> f64 {
+        median(
+            runs.iter()
+                .filter_map(|r| r.get(key)?.parse().ok())
+                .collect(),
+        )
+    }
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    ensure_host_prerequisites()?;
+    step("building release binaries");
+    run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["build", "--release", "-p", "appliance", "-p", "tmemctl"])
+            .current_dir(paths::repo_root()),
+    )?;
+    let mut scenarios = Vec::new();
+    for corpus in ["synthetic", "process"] {
+        for batch in [1, 16] {
+            let mut s = Scenario {
+                corpus,
+                batch,
+                tmem: Vec::new(),
+                memcached: Vec::new(),
+            };
+            for round in 0..args.rounds {
+                step(&format!(
+                    "{corpus} corpus, batch {batch}, round {}/{}",
+                    round + 1,
+                    args.rounds
+                ));
+                // Alternate which server goes first, so drift on a shared machine hits both alike.
+                let order = if round % 2 == 0 {
+                    ["tmem", "memcached"]
+                } else {
+                    ["memcached", "tmem"]
+                };
+                for kind in order {
+                    let server = if kind == "tmem" {
+                        start_appliance("4GiB")?
+                    } else {
+                        start_memcached(4096)?
+                    };
+                    let r = tmemctl_bench(&server, kind, corpus, batch, args.pages)?;
+                    if kind == "tmem" {
+                        s.tmem.push(r)
+                    } else {
+                        s.memcached.push(r)
+                    }
+                }
+            }
+            scenarios.push(s);
+        }
+    }
+    let table = render(&scenarios, args);
+    println!("{table}");
+    if !args.no_docs {
+        write_docs_section("host-bench", &table)?;
+        step("results written to docs/benchmarks.md");
+    }
+    Ok(())
+}
+
+fn render(scenarios: &[Scenario], args: &BenchArgs) -> String {
+    let m = Scenario::med;
+    let mut t = String::new();
+    t.push_str(&format!(
+        "Command: `cargo xtask bench` ({} pages per run, 2 connections x depth 16, {} rounds, medians; \
+         each run against a freshly started server, order alternating). Machine: 2 cores, loopback; \
+         client and server share the cores.\n\n",
+        args.pages, args.rounds
+    ));
+    t.push_str("| corpus | batch | tmem ops/s | memcached ops/s | ops/s ratio | tmem p99 us | memcached p99 us | p99 ratio (mc/tmem) | tmem bytes/page (RSS) | memcached bytes/page (RSS) | pages per GiB ratio | compression ratio | allocator efficiency |\n");
+    t.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for s in scenarios {
+        let (to, mo) = (m(&s.tmem, "ops_s"), m(&s.memcached, "ops_s"));
+        let (tp, mp) = (m(&s.tmem, "p99_us"), m(&s.memcached, "p99_us"));
+        let (tr, mr) = (
+            m(&s.tmem, "rss_bytes_per_page"),
+            m(&s.memcached, "rss_bytes_per_page"),
+        );
+        t.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} | **{:.2}x** | {:.0} | {:.0} | {:.2}x | {:.0} | {:.0} | **{:.2}x** | {:.2} | {:.3} |\n",
+            s.corpus, s.batch, to, mo, to / mo, tp, mp, mp / tp, tr, mr, mr / tr,
+            m(&s.tmem, "compression_ratio"), m(&s.tmem, "allocator_efficiency"),
+        ));
+    }
+    t.push_str("\nops/s counts puts and gets (each page once each way, every byte verified). Bytes per page is the \
+                server's resident memory growth during the put phase divided by pages stored. Allocator \
+                efficiency = sum of compressed page sizes / slab bytes in use.\n");
+    t
+}
+
+/// Replaces the text between `<!-- NAME:start -->` and `<!-- NAME:end -->` in docs/benchmarks.md.
+pub fn write_docs_section(name: &str, body: &str) -> Result<()> {
+    let path = paths::repo_root().join("docs/benchmarks.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let (start, end) = (
+        format!("<!-- {name}:start -->"),
+        format!("<!-- {name}:end -->"),
+    );
+    let section = format!("{start}\n{body}\n{end}");
+    let new = match (doc.find(&start), doc.find(&end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{}{}", &doc[..a], section, &doc[b + end.len()..]),
+        _ => format!("{doc}\n{section}\n"),
+    };
+    std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))
+}

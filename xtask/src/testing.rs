@@ -1,0 +1,85 @@
+//! `cargo xtask test` (the whole suite, the README's test command and what CI runs) and
+//! `cargo xtask test-vm` (build the VM images, then boot them in the QEMU tests).
+
+use anyhow::{Context, Result};
+use std::process::Command;
+
+use crate::hermit_tools::ensure_apt_tool;
+use crate::linux_kernel::{run, step};
+use crate::paths;
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Only the fast host suite: format, lints, unit/property/e2e tests. No VM images or VM tests.
+    #[arg(long)]
+    fast: bool,
+}
+
+/// Host crates linted with `clippy -D warnings` and tested by the fast suite.
+const HOST_CRATES: [&str; 4] = ["protocol", "appliance", "tmemctl", "xtask"];
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(paths::repo_root());
+    c
+}
+
+/// Runs one of our own verbs as a child process (each verb stays independent of the others).
+pub fn xtask(args: &[&str]) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    run(Command::new(exe).args(args).current_dir(paths::repo_root()))
+}
+
+/// Packages and components the host suite needs on a fresh machine.
+pub fn ensure_host_prerequisites() -> Result<()> {
+    step("host prerequisites (memcached for the benchmark peer, python3 for the process corpus)");
+    ensure_apt_tool("memcached", "memcached")?;
+    ensure_apt_tool("python3", "python3")?;
+    run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))
+}
+
+pub fn test(args: &TestArgs) -> Result<()> {
+    let start = std::time::Instant::now();
+    ensure_host_prerequisites()?;
+    step("format check");
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    step("clippy -D warnings (host crates)");
+    let mut clippy = cargo();
+    clippy.arg("clippy");
+    for c in HOST_CRATES {
+        clippy.args(["-p", c]);
+    }
+    run(clippy.args(["--all-targets", "--", "-D", "warnings"]))?;
+    step("host tests: protocol, store, server, tmemctl end to end (real TCP on 127.0.0.1)");
+    run(cargo().args(["test", "--workspace", "--exclude", "qemu-tests"]))?;
+    if args.fast {
+        step("VM tests not run (--fast); `cargo xtask test-vm` runs them");
+    } else {
+        test_vm()?;
+    }
+    step(&format!(
+        "all tests passed in {:.0}s",
+        start.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+pub fn test_vm() -> Result<()> {
+    step("building the appliance unikernel image");
+    xtask(&["image"])?;
+    step("building the client kernel, kclient and initramfs");
+    xtask(&["client-image"])?;
+    step("building the host-mode appliance and tmemctl (release)");
+    run(cargo().args(["build", "--release", "-p", "appliance", "-p", "tmemctl"]))?;
+    step("VM tests (QEMU TCG, one VM test at a time: the machine has 2 cores)");
+    run(cargo()
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "qemu-tests",
+            "--",
+            "--test-threads=1",
+        ])
+        .env("TMEM_REQUIRE_VM", "1"))
+}
