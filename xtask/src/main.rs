@@ -34,6 +34,8 @@ enum Verb {
     Test(testing::TestArgs),
     /// Build the VM images and run the QEMU tests (appliance VM, client VM with kclient).
     TestVm,
+    /// Run the fuzz targets (protocol decoders, appliance server core) for a bounded time.
+    Fuzz(testing::FuzzArgs),
     /// Side-by-side benchmarks; results go to docs/benchmarks.md.
     Bench(bench::BenchArgs),
 }
@@ -45,6 +47,7 @@ fn main() -> Result<()> {
         Verb::ClientImage(args) => linux::client_image(&args),
         Verb::Test(args) => testing::test(&args),
         Verb::TestVm => testing::test_vm(),
+        Verb::Fuzz(args) => testing::fuzz(&args),
         Verb::Bench(args) => bench::bench(&args),
     }
 }

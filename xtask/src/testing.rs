@@ -53,8 +53,9 @@ pub fn test(args: &TestArgs) -> Result<()> {
     step("host tests: protocol, store, server, tmemctl end to end (real TCP on 127.0.0.1)");
     run(cargo().args(["test", "--workspace", "--exclude", "qemu-tests"]))?;
     if args.fast {
-        step("VM tests not run (--fast); `cargo xtask test-vm` runs them");
+        step("fuzzing and VM tests not run (--fast); `cargo xtask fuzz` and `cargo xtask test-vm` run them");
     } else {
+        fuzz(&FuzzArgs { seconds: 20 })?;
         test_vm()?;
     }
     step(&format!(
@@ -82,4 +83,30 @@ pub fn test_vm() -> Result<()> {
             "--test-threads=1",
         ])
         .env("TMEM_REQUIRE_VM", "1"))
+}
+
+#[derive(clap::Args)]
+pub struct FuzzArgs {
+    /// Seconds per fuzz target.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+}
+
+/// Fuzz targets in `fuzz/` (libFuzzer through cargo-fuzz, on the nightly toolchain).
+const FUZZ_TARGETS: [&str; 2] = ["decode", "session"];
+
+/// Runs every fuzz target for a bounded time; a crash fails with the reproducer's path.
+pub fn fuzz(args: &FuzzArgs) -> Result<()> {
+    if Command::new("cargo").args(["+nightly", "fuzz", "--version"]).output().map(|o| !o.status.success()).unwrap_or(true) {
+        step("installing the nightly toolchain and cargo-fuzz");
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    for target in FUZZ_TARGETS {
+        step(&format!("fuzzing {target} for {}s", args.seconds));
+        run(Command::new("cargo")
+            .args(["+nightly", "fuzz", "run", target, "--", &format!("-max_total_time={}", args.seconds)])
+            .current_dir(paths::repo_root().join("fuzz")))?;
+    }
+    Ok(())
 }
