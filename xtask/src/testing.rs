@@ -97,15 +97,33 @@ const FUZZ_TARGETS: [&str; 2] = ["decode", "session"];
 
 /// Runs every fuzz target for a bounded time; a crash fails with the reproducer's path.
 pub fn fuzz(args: &FuzzArgs) -> Result<()> {
-    if Command::new("cargo").args(["+nightly", "fuzz", "--version"]).output().map(|o| !o.status.success()).unwrap_or(true) {
+    if Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
         step("installing the nightly toolchain and cargo-fuzz");
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
         run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
     }
     for target in FUZZ_TARGETS {
         step(&format!("fuzzing {target} for {}s", args.seconds));
         run(Command::new("cargo")
-            .args(["+nightly", "fuzz", "run", target, "--", &format!("-max_total_time={}", args.seconds)])
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                target,
+                "--",
+                &format!("-max_total_time={}", args.seconds),
+            ])
             .current_dir(paths::repo_root().join("fuzz")))?;
     }
     Ok(())
