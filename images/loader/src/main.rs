@@ -53,7 +53,10 @@ extern "C" fn loader_main(magic: u32, info_addr: u32) -> ! {
         "module at {:#x} overlaps the loader (ends {loader_end:#x})",
         info.module.start
     );
-    let loaded = kernel::load(&info.module, loader_end, &info.memory);
+    // QEMU stores the command-line strings right after the module; the kernel reads ours later.
+    let cmdline_end = info.cmdline.as_ptr() as u64 + info.cmdline.len() as u64 + 1;
+    let in_use_end = loader_end.max(cmdline_end);
+    let loaded = kernel::load(&info.module, in_use_end, &info.memory);
 
     let rsdp = firmware::find_rsdp();
     match rsdp {
