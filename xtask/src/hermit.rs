@@ -24,7 +24,8 @@ const HERMIT_TARGET: &str = "x86_64-unknown-hermit";
 
 #[derive(clap::Args)]
 pub struct ImageArgs {
-    /// Build the throwaway echo app (`images/hermit/smoke-app`) instead of the appliance.
+    /// Build the throwaway echo app (`images/hermit/smoke-app`) instead of the appliance, into
+    /// `target/images/smoke/` (boot it with `run-appliance --images target/images/smoke`).
     #[arg(long)]
     smoke: bool,
     /// Parallel jobs for the cargo builds (the machines are shared: keep it small).
@@ -71,7 +72,12 @@ pub fn image(args: &ImageArgs) -> Result<()> {
         hermit_tools::ensure_qemu()?;
     }
     let libdir = hermit_kernel::ensure_libhermit(args.jobs)?;
-    let out = paths::images_out();
+    // The smoke image goes to its own folder so it never stands in for the appliance in tests.
+    let out = if args.smoke {
+        paths::images_out().join("smoke")
+    } else {
+        paths::images_out()
+    };
     std::fs::create_dir_all(&out)?;
 
     let app = if args.smoke {
