@@ -144,6 +144,9 @@ fn build_app(
     cmd.current_dir(dir)
         .env("TMEM_HERMIT_LIBDIR", libdir)
         .args(["build", "--release", "--target", HERMIT_TARGET])
+        // The workspace lock file is resolved by the stable toolchain; a dependency declaring a
+        // newer `rust-version` than this nightly (1.87) usually still builds, so don't refuse.
+        .arg("--ignore-rust-version")
         .args([
             "-Zbuild-std=std,panic_abort",
             "-Zbuild-std-features=compiler-builtins-mem",
