@@ -258,7 +258,8 @@ fn finish(pdu: &Pdu, status: Option<Status>) -> bool {
 unsafe fn complete(rq: *mut bindings::request, pdu: &Pdu) {
     // Clear ACTIVE so that nothing can acquire it any more.
     let s = pdu.state.load(Ordering::Acquire);
-    pdu.state.store(s & !(ACTIVE | USERS_MASK), Ordering::Release);
+    pdu.state
+        .store(s & !(ACTIVE | USERS_MASK), Ordering::Release);
     // SAFETY: guaranteed by the caller; blk-mq then calls `complete_cb`.
     unsafe { bindings::blk_mq_complete_request(rq) };
 }
@@ -467,7 +468,9 @@ unsafe extern "C" fn queue_rq_cb<T: Driver>(
         (u64::from(next_gen()) << GEN_SHIFT) | ACTIVE | 1,
         Ordering::Release,
     );
-    crate::stats::STATS.inflight_requests.fetch_add(1, Ordering::Relaxed);
+    crate::stats::STATS
+        .inflight_requests
+        .fetch_add(1, Ordering::Relaxed);
     // SAFETY: `rq` is a request handed to us by blk-mq and not started yet.
     unsafe { bindings::blk_mq_start_request(rq.as_ptr()) };
     driver.queue_rq(
@@ -485,7 +488,9 @@ unsafe extern "C" fn complete_cb(rq: *mut bindings::request) {
     let pdu = unsafe { &*bindings::blk_mq_rq_to_pdu(rq).cast::<Pdu>() };
     let status = pdu.status.load(Ordering::Acquire) as bindings::blk_status_t;
     crate::stats::record_latency(now_ns().saturating_sub(pdu.start_ns.load(Ordering::Relaxed)));
-    crate::stats::STATS.inflight_requests.fetch_sub(1, Ordering::Relaxed);
+    crate::stats::STATS
+        .inflight_requests
+        .fetch_sub(1, Ordering::Relaxed);
     // SAFETY: the request was completed once via `blk_mq_complete_request` and is ended here once.
     unsafe { bindings::blk_mq_end_request(rq, status) };
 }
@@ -549,7 +554,9 @@ impl<T: Driver> Disk<T> {
     ) -> Result<Self> {
         // SAFETY: `set.set` is an allocated tag set; `driver_data` is read by `init_hctx_cb` during
         // disk allocation below, and `driver` outlives the disk (we keep the `Arc`).
-        unsafe { (*set.set.as_ptr()).driver_data = (&*driver as *const T).cast_mut().cast::<c_void>() };
+        unsafe {
+            (*set.set.as_ptr()).driver_data = (&*driver as *const T).cast_mut().cast::<c_void>()
+        };
 
         // SAFETY: `queue_limits` holds integers for which zero means "use the default".
         let mut lim: bindings::queue_limits = unsafe { core::mem::zeroed() };

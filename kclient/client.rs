@@ -21,8 +21,8 @@ use kernel::sync::{new_mutex, new_spinlock, Arc, Mutex, SpinLock};
 use crate::blk::{self, Driver, Inflight, Op, TagSet};
 use crate::net::{SocketAddr, TcpStream};
 use crate::protocol::{
-    self, crc32c, Encoding, Header, Hello, NewPool, Page, PageKey, PoolKind, Reply, Request, Status,
-    HEADER_LEN, KEY_LEN, PAGE_HEADER_LEN, PAGE_SIZE,
+    self, crc32c, Encoding, Header, Hello, NewPool, Page, PageKey, PoolKind, Reply, Request,
+    Status, HEADER_LEN, KEY_LEN, PAGE_HEADER_LEN, PAGE_SIZE,
 };
 use crate::stats::{self, STATS};
 use crate::thread::{self, KThread};
@@ -290,7 +290,9 @@ impl Client {
             s.pools = [None; MAX_TARGETS];
         }
         self.current_target.store(0, Ordering::Release);
-        pr_warn!("kclient: remote_target changed; pages stored on the old appliance are no longer reachable\n");
+        pr_warn!(
+            "remote_target changed; pages stored on the old appliance are no longer reachable\n"
+        );
         for conn in self.conns.iter() {
             conn.kick();
         }
@@ -321,13 +323,14 @@ impl Client {
             return;
         }
         let deadline = thread::now_ms() + u64::from(self.io_timeout_ms.min(2000));
-        while conn.control_status.load(Ordering::Acquire) == u32::MAX && thread::now_ms() < deadline {
+        while conn.control_status.load(Ordering::Acquire) == u32::MAX && thread::now_ms() < deadline
+        {
             thread::sleep_ms(10);
         }
         match conn.control_status.load(Ordering::Acquire) {
-            0 => pr_info!("kclient: destroyed pool {}\n", pool),
-            u32::MAX => pr_warn!("kclient: no answer to DESTROY_POOL {}\n", pool),
-            st => pr_warn!("kclient: DESTROY_POOL {} failed: status {}\n", pool, st),
+            0 => pr_info!("destroyed pool {}\n", pool),
+            u32::MAX => pr_warn!("no answer to DESTROY_POOL {}\n", pool),
+            st => pr_warn!("DESTROY_POOL {} failed: status {}\n", pool, st),
         }
     }
 
@@ -380,7 +383,7 @@ impl Client {
         match Reply::parse(h.opcode, h.status, bufs.frame.get(..len).ok_or(EINVAL)?) {
             Ok(Reply::Hello(r)) if r.version == u16::from(protocol::VERSION) => {}
             Ok(other) => {
-                pr_err!("kclient: HELLO refused: {}\n", other.status().name());
+                pr_err!("HELLO refused: {}\n", other.status().name());
                 return Err(econnrefused());
             }
             Err(_) => return Err(eproto()),
@@ -396,14 +399,15 @@ impl Client {
                 });
                 send_request(&stream, &mut bufs.frame, &req, CONTROL_ID, 0)?;
                 let (h, len) = recv_frame(&stream, &mut bufs.frame)?;
-                let pool = match Reply::parse(h.opcode, h.status, bufs.frame.get(..len).ok_or(EINVAL)?) {
-                    Ok(Reply::NewPool { pool }) => pool,
-                    Ok(other) => {
-                        pr_err!("kclient: NEW_POOL refused: {}\n", other.status().name());
-                        return Err(ENOSPC);
-                    }
-                    Err(_) => return Err(eproto()),
-                };
+                let pool =
+                    match Reply::parse(h.opcode, h.status, bufs.frame.get(..len).ok_or(EINVAL)?) {
+                        Ok(Reply::NewPool { pool }) => pool,
+                        Ok(other) => {
+                            pr_err!("NEW_POOL refused: {}\n", other.status().name());
+                            return Err(ENOSPC);
+                        }
+                        Err(_) => return Err(eproto()),
+                    };
                 if let Some(slot) = session.pools.get_mut(target_idx) {
                     *slot = Some(pool);
                 }
@@ -430,7 +434,10 @@ impl Client {
         while !self.stopping() {
             let stream = match initial.take() {
                 Some(s) => s,
-                None => match self.connect(conn).and_then(|s| Ok(Arc::new(s, GFP_KERNEL)?)) {
+                None => match self
+                    .connect(conn)
+                    .and_then(|s| Ok(Arc::new(s, GFP_KERNEL)?))
+                {
                     Ok(s) => {
                         conn.publish(s.clone());
                         s
@@ -448,7 +455,7 @@ impl Client {
             backoff_ms = 100;
             if !first {
                 stats::inc(&STATS.reconnects);
-                pr_info!("kclient: connection {} re-established\n", conn.idx);
+                pr_info!("connection {} re-established\n", conn.idx);
             }
             first = false;
             self.down_since_ms.store(0, Ordering::Release);
@@ -527,7 +534,8 @@ impl Client {
             }
             stats::add(&STATS.bytes_received, (HEADER_LEN + len) as u64);
             if h.request_id == CONTROL_ID {
-                conn.control_status.store(u32::from(h.status), Ordering::Release);
+                conn.control_status
+                    .store(u32::from(h.status), Ordering::Release);
                 continue;
             }
             self.handle_reply(conn, &h, body, page);
@@ -584,10 +592,13 @@ impl Client {
                 rq.fail(blk::Status::IoErr);
             }
             (Op::Discard, Ok(Reply::Done))
-            | (Op::Discard, Ok(Reply::Error {
-                status: Status::NotFound,
-                ..
-            })) => {
+            | (
+                Op::Discard,
+                Ok(Reply::Error {
+                    status: Status::NotFound,
+                    ..
+                }),
+            ) => {
                 stats::inc(&STATS.pages_discarded);
                 rq.page_done();
             }
@@ -665,7 +676,10 @@ impl Client {
                 object: OBJECT,
                 index: index as u32,
             };
-            let id = (gen << 40) | (u64::from(hctx & 0xff) << 32) | (u64::from(rq.tag() & 0xffff) << 16) | part;
+            let id = (gen << 40)
+                | (u64::from(hctx & 0xff) << 32)
+                | (u64::from(rq.tag() & 0xffff) << 16)
+                | part;
             let offset = (part as usize) * PAGE_SIZE;
             let sent = match op {
                 Op::Read if !self.is_stored(index) => {
@@ -706,7 +720,14 @@ impl Client {
                     send_request(&stream, &mut bufs.frame, &Request::FlushPage { key }, id, 0)
                 }
             };
-            if sent.is_err() {
+            if let Err(e) = sent {
+                if stats::STATS.send_errors.fetch_add(1, Ordering::Relaxed) < 10 {
+                    pr_warn!(
+                        "send on connection {} failed (error {})\n",
+                        conn.idx,
+                        e.to_errno()
+                    );
+                }
                 stream.shutdown();
                 return Err(blk::Status::IoErr);
             }
@@ -730,7 +751,7 @@ impl Driver for Client {
 
     fn timed_out(&self, owner: u32) {
         if let Some(conn) = self.conns.get(owner as usize) {
-            pr_warn!("kclient: request on connection {} timed out; resetting it\n", owner);
+            pr_warn!("request on connection {} timed out; resetting it\n", owner);
             conn.kick();
         }
     }

@@ -34,8 +34,11 @@ extern "C" {
         io_timeout_ms: u32,
         out: *mut *mut bindings::socket,
     ) -> c_int;
-    pub(crate) fn kc_sock_send(sock: *mut bindings::socket, buf: *const c_void, len: usize)
-        -> c_int;
+    pub(crate) fn kc_sock_send(
+        sock: *mut bindings::socket,
+        buf: *const c_void,
+        len: usize,
+    ) -> c_int;
     pub(crate) fn kc_sock_recv(sock: *mut bindings::socket, buf: *mut c_void, len: usize) -> c_int;
     pub(crate) fn kc_sock_shutdown(sock: *mut bindings::socket);
     pub(crate) fn kc_sock_release(sock: *mut bindings::socket);

@@ -99,8 +99,10 @@ int kc_tcp_connect(u32 addr, u16 port, u32 connect_timeout_ms, u32 io_timeout_ms
 		sock_release(sock);
 		return err;
 	}
-	/* A send blocked on a full window gives up after the I/O timeout. */
+	/* A send blocked on a full window gives up after the I/O timeout; a receive wakes up
+	 * after it with -EAGAIN (see kc_sock_recv). */
 	sock->sk->sk_sndtimeo = msecs_to_jiffies(io_timeout_ms);
+	sock->sk->sk_rcvtimeo = msecs_to_jiffies(io_timeout_ms);
 	*out = sock;
 	return 0;
 }
@@ -128,6 +130,8 @@ int kc_sock_send(struct socket *sock, const void *buf, size_t len)
 
 int kc_sock_recv(struct socket *sock, void *buf, size_t len)
 {
+	size_t got = 0;
+
 	while (len > 0) {
 		struct kvec vec = { .iov_base = buf, .iov_len = len };
 		struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
@@ -135,10 +139,14 @@ int kc_sock_recv(struct socket *sock, void *buf, size_t len)
 
 		if (n == 0)
 			return -ECONNRESET;
+		/* Idle for the whole receive timeout: -EAGAIN; stalled inside a frame: give up. */
+		if (n == -EAGAIN && got)
+			return -ETIMEDOUT;
 		if (n < 0)
 			return n;
 		buf += n;
 		len -= n;
+		got += n;
 	}
 	return 0;
 }

@@ -28,7 +28,8 @@ struct gendisk *kc_alloc_disk(struct blk_mq_tag_set *set, struct queue_limits *l
 int kc_tcp_connect(u32 addr, u16 port, u32 connect_timeout_ms, u32 io_timeout_ms, struct socket **out);
 /* Sends the whole buffer (looping on short sends) with reclaim disabled: 0 or -errno. */
 int kc_sock_send(struct socket *sock, const void *buf, size_t len);
-/* Receives exactly `len` bytes: 0, -ECONNRESET on EOF, or -errno. */
+/* Receives exactly `len` bytes: 0, -ECONNRESET on EOF, -EAGAIN if nothing arrived within the
+ * I/O timeout, -ETIMEDOUT if data stopped arriving part-way, or another -errno. */
 int kc_sock_recv(struct socket *sock, void *buf, size_t len);
 void kc_sock_shutdown(struct socket *sock);
 void kc_sock_release(struct socket *sock);

@@ -20,7 +20,13 @@ mod thread;
 /// The wire format: the workspace's `protocol/` crate (the one source of truth), copied by the
 /// build with `crate::` paths rewritten (see `xtask/src/linux.rs`).
 #[path = "generated/protocol/lib.rs"]
-#[allow(dead_code, unused_imports, unused_attributes, missing_docs, unreachable_pub)]
+#[allow(
+    dead_code,
+    unused_imports,
+    unused_attributes,
+    missing_docs,
+    unreachable_pub
+)]
 #[allow(clippy::all)]
 mod protocol;
 
@@ -58,9 +64,10 @@ struct KClient {
 fn read_config() -> Result<Config> {
     let mut target = [0u8; 256];
     // SAFETY: `target` is valid for writes of its length.
-    let n = unsafe { ffi::kc_param_remote_target(target.as_mut_ptr().cast::<c_char>(), target.len()) };
+    let n =
+        unsafe { ffi::kc_param_remote_target(target.as_mut_ptr().cast::<c_char>(), target.len()) };
     let targets = client::parse_targets(target.get(..n).ok_or(EINVAL)?).inspect_err(|_| {
-        pr_err!("kclient: remote_target=HOST:PORT[,HOST:PORT...] (IPv4) is required\n");
+        pr_err!("remote_target=HOST:PORT[,HOST:PORT...] (IPv4) is required\n");
     })?;
     // SAFETY: the parameter accessors have no preconditions.
     let (size, io_timeout_ms, nr_conns, client_id, cpus) = unsafe {
@@ -74,10 +81,14 @@ fn read_config() -> Result<Config> {
     };
     let pages = size / 4096;
     if pages == 0 || pages > u64::from(u32::MAX) {
-        pr_err!("kclient: size must be between 4K and 16T\n");
+        pr_err!("size must be between 4K and 16T\n");
         return Err(EINVAL);
     }
-    let nr_conns = if nr_conns == 0 { cpus.clamp(1, 8) } else { nr_conns.clamp(1, 64) };
+    let nr_conns = if nr_conns == 0 {
+        cpus.clamp(1, 8)
+    } else {
+        nr_conns.clamp(1, 64)
+    };
     Ok(Config {
         targets,
         pages,
@@ -94,7 +105,7 @@ impl kernel::Module for KClient {
         let set = TagSet::<Client>::new(conns, QUEUE_DEPTH, timeout)?;
         let client = Client::new(cfg, set.clone())?;
         if let Err(e) = client.start() {
-            pr_err!("kclient: cannot reach the appliance (error {})\n", e.to_errno());
+            pr_err!("cannot reach the appliance (error {})\n", e.to_errno());
             client.stop();
             return Err(e);
         }
@@ -121,7 +132,7 @@ impl kernel::Module for KClient {
         unsafe { ffi::kc_params_set_live(true) };
         // SAFETY: no preconditions.
         if unsafe { ffi::kc_debugfs_init() } != 0 {
-            pr_warn!("kclient: debugfs unavailable; no counters\n");
+            pr_warn!("debugfs unavailable; no counters\n");
         }
         pr_info!(
             "kclient: /dev/kclient0 ready: {} MiB, {} connection(s), I/O timeout {} ms\n",
@@ -147,7 +158,7 @@ impl Drop for KClient {
         drop(self.disk.take());
         self.client.destroy_pool();
         self.client.stop();
-        pr_info!("kclient: unloaded\n");
+        pr_info!("unloaded\n");
     }
 }
 

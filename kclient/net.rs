@@ -37,11 +37,21 @@ unsafe impl Sync for TcpStream {}
 
 impl TcpStream {
     /// Connects within `connect_timeout_ms`; later sends give up after `io_timeout_ms`.
-    pub(crate) fn connect(addr: SocketAddr, connect_timeout_ms: u32, io_timeout_ms: u32) -> Result<Self> {
+    pub(crate) fn connect(
+        addr: SocketAddr,
+        connect_timeout_ms: u32,
+        io_timeout_ms: u32,
+    ) -> Result<Self> {
         let mut sock: *mut bindings::socket = core::ptr::null_mut();
         // SAFETY: `sock` is a valid out pointer; the helper sets it only on success.
         to_result(unsafe {
-            ffi::kc_tcp_connect(addr.ip, addr.port, connect_timeout_ms, io_timeout_ms, &mut sock)
+            ffi::kc_tcp_connect(
+                addr.ip,
+                addr.port,
+                connect_timeout_ms,
+                io_timeout_ms,
+                &mut sock,
+            )
         })?;
         let sock = NonNull::new(sock).ok_or(EINVAL)?;
         Ok(Self { sock })
@@ -55,11 +65,17 @@ impl TcpStream {
         })
     }
 
-    /// Fills all of `buf`; `ECONNRESET` if the peer closed the stream.
+    /// Fills all of `buf`; `ECONNRESET` if the peer closed the stream, `EAGAIN` if nothing arrived
+    /// within the I/O timeout (nothing consumed: safe to retry), `ETIMEDOUT` if the peer stalled
+    /// part-way (the stream is then out of sync).
     pub(crate) fn recv_exact(&self, buf: &mut [u8]) -> Result {
         // SAFETY: `self.sock` is connected (invariant); `buf` is valid for writes of its length.
         to_result(unsafe {
-            ffi::kc_sock_recv(self.sock.as_ptr(), buf.as_mut_ptr().cast::<c_void>(), buf.len())
+            ffi::kc_sock_recv(
+                self.sock.as_ptr(),
+                buf.as_mut_ptr().cast::<c_void>(),
+                buf.len(),
+            )
         })
     }
 

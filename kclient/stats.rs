@@ -28,6 +28,7 @@ pub(crate) struct Stats {
     pub(crate) timeouts: AtomicU64,
     pub(crate) stale_replies: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
+    pub(crate) send_errors: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) lat: [AtomicU64; LAT_BUCKETS],
 }
@@ -52,6 +53,7 @@ pub(crate) static STATS: Stats = Stats {
     timeouts: AtomicU64::new(0),
     stale_replies: AtomicU64::new(0),
     protocol_errors: AtomicU64::new(0),
+    send_errors: AtomicU64::new(0),
     requests: AtomicU64::new(0),
     lat: [const { AtomicU64::new(0) }; LAT_BUCKETS],
 };
@@ -85,7 +87,10 @@ impl Write for BufWriter<'_> {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         let room = self.buf.len().saturating_sub(self.len);
         let n = s.len().min(room);
-        if let (Some(dst), Some(src)) = (self.buf.get_mut(self.len..self.len + n), s.as_bytes().get(..n)) {
+        if let (Some(dst), Some(src)) = (
+            self.buf.get_mut(self.len..self.len + n),
+            s.as_bytes().get(..n),
+        ) {
             dst.copy_from_slice(src);
             self.len += n;
         }
@@ -111,12 +116,17 @@ pub(crate) fn format(buf: &mut [u8], connected: u32, conns: u32) -> usize {
     let _ = writeln!(w, "lost_pages {}", get(&s.lost_pages));
     let _ = writeln!(w, "bytes_sent {}", get(&s.bytes_sent));
     let _ = writeln!(w, "bytes_received {}", get(&s.bytes_received));
-    let _ = writeln!(w, "inflight_requests {}", s.inflight_requests.load(Ordering::Relaxed));
+    let _ = writeln!(
+        w,
+        "inflight_requests {}",
+        s.inflight_requests.load(Ordering::Relaxed)
+    );
     let _ = writeln!(w, "reconnects {}", get(&s.reconnects));
     let _ = writeln!(w, "connect_failures {}", get(&s.connect_failures));
     let _ = writeln!(w, "timeouts {}", get(&s.timeouts));
     let _ = writeln!(w, "stale_replies {}", get(&s.stale_replies));
     let _ = writeln!(w, "protocol_errors {}", get(&s.protocol_errors));
+    let _ = writeln!(w, "send_errors {}", get(&s.send_errors));
     let _ = writeln!(w, "requests {}", get(&s.requests));
     let _ = writeln!(w, "connections_up {connected}");
     let _ = writeln!(w, "connections {conns}");

@@ -6,7 +6,7 @@ load_kclient; insmod_rc=$?
 mkswap /dev/kclient0 >/dev/null
 swapon /dev/kclient0; swapon_rc=$?
 mib=${tmem_mib:-$(( $(ram_mib) * 3 ))}
-/bin/tmem-workload "$mib" "${tmem_passes:-1}" > /tmp/workload.out &
+/bin/tmem-workload "$mib" "${tmem_passes:-1}" 0x746d656d "${tmem_stride:-1}" > /tmp/workload.out &
 pid=$!
 phase workload-start mib=$mib
 # Wait for the workload to die or finish (bounded).

@@ -7,7 +7,7 @@ swapon /dev/kclient0; swapon_rc=$?
 mib=${tmem_mib:-$(( $(ram_mib) * 3 ))}
 phase workload-start mib=$mib
 t0=$(date +%s)
-/bin/tmem-workload "$mib" "${tmem_passes:-1}" > /tmp/workload.out
+/bin/tmem-workload "$mib" "${tmem_passes:-1}" 0x746d656d "${tmem_stride:-1}" > /tmp/workload.out
 workload_rc=$?
 t1=$(date +%s)
 cat /tmp/workload.out

@@ -3,7 +3,10 @@
  * tmem-workload: allocate more memory than the VM has, fill it with deterministic pages of mixed
  * compressibility, read everything back and verify it. Built static into the client initramfs.
  *
- *   tmem-workload MIB [PASSES] [SEED]
+ *   tmem-workload MIB [PASSES] [SEED] [STRIDE]
+ *
+ * Verification reads pages in the order (i * STRIDE) mod pages: STRIDE 1 (default) is sequential
+ * (swap readahead helps), a large prime such as 7919 makes every swap-in a random read.
  *
  * Page kinds (by page number): zero, same-filled word, text-like (compressible), half random,
  * random (incompressible). Prints one machine-readable line:
@@ -80,6 +83,7 @@ int main(int argc, char **argv)
 	uint64_t mib = argc > 1 ? strtoull(argv[1], NULL, 0) : 64;
 	uint64_t passes = argc > 2 ? strtoull(argv[2], NULL, 0) : 1;
 	uint64_t seed = argc > 3 ? strtoull(argv[3], NULL, 0) : 0x746d656d;
+	uint64_t stride = argc > 4 ? strtoull(argv[4], NULL, 0) : 1;
 	uint64_t pages = mib * 1024 * 1024 / PAGE, bad = 0, first_bad = UINT64_MAX, pass, i;
 	static uint64_t expect[PAGE / 8];
 	long fill_ms = 0, verify_ms = 0;
@@ -87,6 +91,10 @@ int main(int argc, char **argv)
 	unsigned char *mem;
 
 	mem = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (stride == 0 || (stride > 1 && pages % stride == 0)) {
+		printf("TMEM-WORKLOAD status=fail reason=stride mib=%llu\n", (unsigned long long)mib);
+		return 2;
+	}
 	if (mem == MAP_FAILED) {
 		perror("mmap");
 		printf("TMEM-WORKLOAD status=fail reason=mmap mib=%llu\n", (unsigned long long)mib);
@@ -102,9 +110,8 @@ int main(int argc, char **argv)
 		}
 		fill_ms += ms_since(&t0);
 		clock_gettime(CLOCK_MONOTONIC, &t0);
-		/* Verify in a different order than written (stride), then sequentially on the next pass. */
 		for (i = 0; i < pages; i++) {
-			uint64_t idx = (i * 7919) % pages;
+			uint64_t idx = (i * stride) % pages;
 
 			fill_page(expect, idx, seed, pass);
 			if (memcmp(expect, mem + idx * PAGE, PAGE) != 0) {
@@ -115,8 +122,9 @@ int main(int argc, char **argv)
 		}
 		verify_ms += ms_since(&t0);
 	}
-	printf("TMEM-WORKLOAD status=%s mib=%llu pages=%llu passes=%llu bad_pages=%llu first_bad=%lld fill_ms=%ld verify_ms=%ld\n",
+	printf("TMEM-WORKLOAD status=%s mib=%llu pages=%llu passes=%llu stride=%llu bad_pages=%llu first_bad=%lld fill_ms=%ld verify_ms=%ld\n",
 	       bad ? "fail" : "ok", (unsigned long long)mib, (unsigned long long)pages,
+	       (unsigned long long)stride,
 	       (unsigned long long)passes, (unsigned long long)bad,
 	       first_bad == UINT64_MAX ? -1LL : (long long)first_bad, fill_ms, verify_ms);
 	fflush(stdout);
