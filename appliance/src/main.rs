@@ -33,6 +33,9 @@ struct Args {
     /// Seconds a client may take to finish sending a frame, or to read our replies.
     #[arg(long, default_value_t = 30)]
     frame_timeout: u64,
+    /// Also serve counters as Prometheus text at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
@@ -61,13 +64,19 @@ fn main() -> Result<()> {
         max_connections: args.max_connections,
         frame_timeout: Duration::from_secs(args.frame_timeout.max(1)),
     };
-    let server = Server::bind(&args.listen, store, config)
+    let server = Server::bind(&args.listen, store.clone(), config)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = server.local_addr()?;
     stop_on_signals(server.shutdown_handle())?;
     tracing::info!(%addr, memory = args.memory, "listening");
     // A plain line on stdout too: scripts and tests wait for it.
     println!("appliance listening on {addr}");
+    if let Some(m) = &args.metrics_listen {
+        let bound = appliance::metrics::spawn(m, store.clone(), server.net_counters())
+            .with_context(|| format!("cannot serve metrics on {m}"))?;
+        tracing::info!(%bound, "serving metrics");
+        println!("appliance metrics on http://{bound}/metrics");
+    }
     server.run()?;
     tracing::info!("stopped");
     Ok(())

@@ -2,8 +2,24 @@
 //! arguments clearly, and shuts down cleanly on SIGTERM.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{ChildStdout, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// The first `n` stdout lines of the appliance, or a panic after 10 s (never an unbounded wait).
+fn first_lines(stdout: ChildStdout, n: usize) -> Vec<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let lines: Vec<String> = BufReader::new(stdout)
+            .lines()
+            .take(n)
+            .map_while(Result::ok)
+            .collect();
+        let _ = tx.send(lines);
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("appliance printed its address lines within 10 s")
+}
 
 struct Kill(std::process::Child);
 
@@ -80,4 +96,50 @@ fn unusable_listen_address_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot listen on {addr}")));
+}
+
+#[test]
+fn metrics_port_serves_prometheus_text() {
+    let child = Command::new(env!("CARGO_BIN_EXE_appliance"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--memory",
+            "32MiB",
+            "--log-level",
+            "info",
+        ])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Kill(child);
+    let lines = first_lines(child.0.stdout.take().unwrap(), 2);
+    let addr = lines
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("appliance metrics on http://")?
+                .strip_suffix("/metrics")
+        })
+        .expect("metrics line")
+        .to_string();
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.0 200 OK"), "{body}");
+    assert!(body.contains("# TYPE tmem_memory_limit gauge"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "tmem_memory_limit{{target=\"{addr}\"}} {}",
+            32 << 20
+        )),
+        "{body}"
+    );
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /other HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.0 404"));
 }

@@ -33,7 +33,7 @@ pub use message::{
     MAX_ERROR_MESSAGE,
 };
 pub use page::{Encoding, Page, PageKey, KEY_LEN, PAGE_HEADER_LEN};
-pub use stats::{StatId, StatsView, STAT_COUNT};
+pub use stats::{write_prometheus, StatId, StatsView, STAT_COUNT};
 pub use status::{Status, WireError};
 
 /// Protocol version spoken by this source. HELLO negotiates within `[min, max]` ranges.

@@ -10,7 +10,7 @@ use crate::cursor::{Reader, Writer};
 use crate::WireError;
 
 macro_rules! stat_ids {
-    ($($(#[$doc:meta])* $name:ident = $idx:literal, $label:literal;)*) => {
+    ($($(#[$doc:meta])* $name:ident = $idx:literal, $label:literal, $gauge:literal;)*) => {
         /// Index of each counter in a STATS reply. Append only.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[repr(u16)]
@@ -24,59 +24,64 @@ macro_rules! stat_ids {
             pub fn name(self) -> &'static str {
                 match self { $(StatId::$name => $label,)* }
             }
+
+            /// Whether the counter is a level (goes up and down) rather than a running total.
+            pub fn is_gauge(self) -> bool {
+                match self { $(StatId::$name => $gauge,)* }
+            }
         }
     };
 }
 
 stat_ids! {
     /// Pages currently stored (all pools).
-    Pages = 0, "pages";
+    Pages = 0, "pages", true;
     /// Pages currently stored in persistent pools.
-    PersistentPages = 1, "persistent_pages";
+    PersistentPages = 1, "persistent_pages", true;
     /// Pages currently stored in ephemeral pools.
-    EphemeralPages = 2, "ephemeral_pages";
+    EphemeralPages = 2, "ephemeral_pages", true;
     /// Sum of the stored sizes of pages (compressed size, 4096 for raw, 0 for fill).
-    StoredBytes = 3, "stored_bytes";
+    StoredBytes = 3, "stored_bytes", true;
     /// Bytes the store takes from its memory budget for page data (slabs in use).
-    DataBytes = 4, "data_bytes";
+    DataBytes = 4, "data_bytes", true;
     /// Bytes accounted for metadata (index entries).
-    MetadataBytes = 5, "metadata_bytes";
+    MetadataBytes = 5, "metadata_bytes", true;
     /// The memory budget (`--memory`).
-    MemoryLimit = 6, "memory_limit";
+    MemoryLimit = 6, "memory_limit", true;
     /// Pages stored as a fill word (zero/same-filled).
-    FillPages = 7, "fill_pages";
+    FillPages = 7, "fill_pages", true;
     /// Pages stored raw (did not compress below the threshold).
-    RawPages = 8, "raw_pages";
+    RawPages = 8, "raw_pages", true;
     /// Live pools.
-    Pools = 9, "pools";
+    Pools = 9, "pools", true;
     /// Open client connections.
-    Connections = 10, "connections";
+    Connections = 10, "connections", true;
     /// Successful puts.
-    Puts = 11, "puts";
+    Puts = 11, "puts", false;
     /// Gets that found their page.
-    GetHits = 12, "get_hits";
+    GetHits = 12, "get_hits", false;
     /// Gets that found nothing.
-    GetMisses = 13, "get_misses";
+    GetMisses = 13, "get_misses", false;
     /// Pages removed by flush page/object/pool.
-    Flushes = 14, "flushes";
+    Flushes = 14, "flushes", false;
     /// Ephemeral pages evicted to make room.
-    Evictions = 15, "evictions";
+    Evictions = 15, "evictions", false;
     /// Puts refused for lack of memory.
-    NoSpaceRefusals = 16, "no_space_refusals";
+    NoSpaceRefusals = 16, "no_space_refusals", false;
     /// Puts refused because the client's quota was used up.
-    QuotaRefusals = 17, "quota_refusals";
+    QuotaRefusals = 17, "quota_refusals", false;
     /// Pages rejected because their checksum did not match.
-    ChecksumErrors = 18, "checksum_errors";
+    ChecksumErrors = 18, "checksum_errors", false;
     /// Pages rejected because they did not decompress.
-    CorruptPages = 19, "corrupt_pages";
+    CorruptPages = 19, "corrupt_pages", false;
     /// Frames rejected as malformed (including closed connections).
-    MalformedFrames = 20, "malformed_frames";
+    MalformedFrames = 20, "malformed_frames", false;
     /// Bytes received from clients.
-    BytesIn = 21, "bytes_in";
+    BytesIn = 21, "bytes_in", false;
     /// Bytes sent to clients.
-    BytesOut = 22, "bytes_out";
+    BytesOut = 22, "bytes_out", false;
     /// Connections accepted since start.
-    ConnectionsTotal = 23, "connections_total";
+    ConnectionsTotal = 23, "connections_total", false;
 }
 
 /// Number of counters this source knows.
@@ -142,4 +147,31 @@ impl<'a> StatsView<'a> {
         w.u32(self.len() as u32)?;
         w.bytes(self.values)
     }
+}
+
+/// Writes counters in the Prometheus text exposition format, each with the label `target`.
+/// Counters this source does not know are written as `tmem_stat_<index>`.
+pub fn write_prometheus(
+    out: &mut impl core::fmt::Write,
+    target: &str,
+    values: impl Iterator<Item = u64>,
+) -> core::fmt::Result {
+    for (i, v) in values.enumerate() {
+        let (name, gauge) = match StatId::ALL.get(i) {
+            Some(id) => (id.name(), id.is_gauge()),
+            None => ("stat", true),
+        };
+        let (kind, suffix) = if gauge {
+            ("gauge", "")
+        } else {
+            ("counter", "_total")
+        };
+        if StatId::ALL.get(i).is_some() {
+            writeln!(out, "# TYPE tmem_{name}{suffix} {kind}")?;
+            writeln!(out, "tmem_{name}{suffix}{{target=\"{target}\"}} {v}")?;
+        } else {
+            writeln!(out, "tmem_{name}_{i}{{target=\"{target}\"}} {v}")?;
+        }
+    }
+    Ok(())
 }

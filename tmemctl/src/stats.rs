@@ -72,33 +72,7 @@ pub fn json(target: &str, values: &[u64]) -> Value {
 /// Prometheus text exposition format.
 pub fn prometheus(target: &str, values: &[u64]) -> String {
     let mut s = String::new();
-    for (name, v) in named(values) {
-        let kind = if is_gauge(&name) { "gauge" } else { "counter" };
-        let metric = if kind == "counter" {
-            format!("tmem_{name}_total")
-        } else {
-            format!("tmem_{name}")
-        };
-        s.push_str(&format!(
-            "# TYPE {metric} {kind}\n{metric}{{target=\"{target}\"}} {v}\n"
-        ));
-    }
+    // Writing into a String cannot fail.
+    let _ = protocol::write_prometheus(&mut s, target, values.iter().copied());
     s
-}
-
-fn is_gauge(name: &str) -> bool {
-    matches!(
-        name,
-        "pages"
-            | "persistent_pages"
-            | "ephemeral_pages"
-            | "stored_bytes"
-            | "data_bytes"
-            | "metadata_bytes"
-            | "memory_limit"
-            | "fill_pages"
-            | "raw_pages"
-            | "pools"
-            | "connections"
-    )
 }
