@@ -66,7 +66,11 @@ fn main() -> Result<()> {
     };
     let server = Server::bind(&args.listen, store.clone(), config)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = server.local_addr()?;
+    // Hermit's sockets report 0.0.0.0:0 for a bound listener: show what was asked for instead.
+    let addr = match server.local_addr()? {
+        a if a.port() == 0 => args.listen.clone(),
+        a => a.to_string(),
+    };
     stop_on_signals(server.shutdown_handle())?;
     tracing::info!(%addr, memory = args.memory, "listening");
     // A plain line on stdout too: scripts and tests wait for it.

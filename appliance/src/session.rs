@@ -122,11 +122,16 @@ impl Session {
         }
         self.client = Some(hello.client_id);
         tracing::info!(client = format_args!("{:#x}", hello.client_id), "hello");
+        let mut nonce = [0u8; protocol::HELLO_NONCE_LEN];
+        if let Err(e) = getrandom::fill(&mut nonce) {
+            // Only challenge-response authentication (not yet offered) depends on it.
+            tracing::warn!(error = %e, "no randomness for the HELLO nonce");
+        }
         Ok(HelloReply {
             version: v,
             max_batch: MAX_BATCH as u16,
             max_payload: MAX_PAYLOAD as u32,
-            nonce: [0; protocol::HELLO_NONCE_LEN],
+            nonce,
         })
     }
 

@@ -465,3 +465,20 @@ fn thousands_of_idle_connections() {
     assert!(stats.get(StatId::Connections).unwrap() >= 2000);
     drop(idle);
 }
+
+#[test]
+fn hello_nonces_are_fresh() {
+    let app = start(Duration::from_secs(5));
+    let nonce = || {
+        let mut c = Conn::open(&app);
+        let (status, payload) = c.call(&Request::Hello(Hello::new(1)), 0);
+        assert_eq!(status, Status::Ok);
+        let Reply::Hello(h) = Reply::parse(Opcode::Hello as u8, 0, &payload).unwrap() else {
+            panic!()
+        };
+        h.nonce
+    };
+    let (a, b) = (nonce(), nonce());
+    assert_ne!(a, b);
+    assert_ne!(a, [0; HELLO_NONCE_LEN]);
+}
