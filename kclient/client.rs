@@ -412,7 +412,7 @@ impl Client {
                     *slot = Some(pool);
                 }
                 pr_info!(
-                    "kclient: pool {} on {}.{}.{}.{}:{}\n",
+                    "pool {} on {}.{}.{}.{}:{}\n",
                     pool,
                     addr.ip >> 24,
                     (addr.ip >> 16) & 0xff,
@@ -477,7 +477,7 @@ impl Client {
             }
             if !self.stopping() {
                 pr_warn!(
-                    "kclient: connection {} lost (error {}); reconnecting\n",
+                    "connection {} lost (error {}); reconnecting\n",
                     conn.idx,
                     err.to_errno()
                 );

@@ -135,7 +135,7 @@ impl kernel::Module for KClient {
             pr_warn!("debugfs unavailable; no counters\n");
         }
         pr_info!(
-            "kclient: /dev/kclient0 ready: {} MiB, {} connection(s), I/O timeout {} ms\n",
+            "/dev/kclient0 ready: {} MiB, {} connection(s), I/O timeout {} ms\n",
             pages / 256,
             conns,
             timeout

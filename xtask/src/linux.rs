@@ -48,8 +48,12 @@ pub fn client_image(args: &ClientImageArgs) -> Result<()> {
 
     let work = paths::repo_root().join("target").join("linux-client");
     std::fs::create_dir_all(&work)?;
-    let workload = build_workload(&work)?;
-    std::fs::copy(&workload, out.join("tmem-workload"))?;
+    let programs = build_guest_programs(&work)?;
+    for program in &programs {
+        if let Some(name) = program.file_name() {
+            std::fs::copy(program, out.join(name))?;
+        }
+    }
 
     step("initramfs");
     let mut modules: Vec<PathBuf> = vec![kclient];
@@ -64,7 +68,7 @@ pub fn client_image(args: &ClientImageArgs) -> Result<()> {
         &linux_initramfs::Contents {
             scripts: &paths::repo_root().join("images/linux/initramfs"),
             busybox: &busybox()?,
-            workload: &workload,
+            programs: &programs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
             modules: &module_refs,
         },
         &out.join("initramfs.cpio.gz"),
@@ -134,17 +138,32 @@ fn generate_protocol(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The guest workload, a static C program (no libc needed in the initramfs).
-fn build_workload(work: &Path) -> Result<PathBuf> {
-    let src = paths::repo_root().join("images/linux/workload/tmem-workload.c");
-    let out = work.join("tmem-workload");
-    step("tmem-workload (static)");
-    linux_kernel::run(
-        Command::new("cc")
-            .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
-            .arg(&out)
-            .arg(&src),
-    )?;
+/// Guest programs: every `images/linux/workload/*.c` becomes a static `/bin/<name>` (no libc is
+/// needed in the initramfs).
+fn build_guest_programs(work: &Path) -> Result<Vec<PathBuf>> {
+    let dir = paths::repo_root().join("images/linux/workload");
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "c"))
+        .collect();
+    sources.sort();
+    let mut out = Vec::new();
+    for src in sources {
+        let name = src.file_stem().context("program name")?;
+        let bin = work.join(name);
+        step(&format!(
+            "guest program {} (static)",
+            name.to_string_lossy()
+        ));
+        linux_kernel::run(
+            Command::new("cc")
+                .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+                .arg(&bin)
+                .arg(&src),
+        )?;
+        out.push(bin);
+    }
     Ok(out)
 }
 

@@ -17,6 +17,7 @@ pub struct Cpio {
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
 const S_IFCHR: u32 = 0o020000;
+const S_IFLNK: u32 = 0o120000;
 
 impl Cpio {
     fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), body: &[u8]) {
@@ -68,6 +69,10 @@ impl Cpio {
         Ok(())
     }
 
+    pub fn symlink(&mut self, name: &str, target: &str) {
+        self.entry(name, S_IFLNK | 0o777, (0, 0), target.as_bytes());
+    }
+
     pub fn char_dev(&mut self, name: &str, major: u32, minor: u32) {
         self.entry(name, S_IFCHR | 0o600, (major, minor), &[]);
     }
@@ -99,7 +104,8 @@ pub struct Contents<'a> {
     /// `images/linux/initramfs/`: `init` becomes `/init`, other files go to `/tmem/`.
     pub scripts: &'a Path,
     pub busybox: &'a Path,
-    pub workload: &'a Path,
+    /// Static guest programs for `/bin/` (tmem-workload, tmem-failtest).
+    pub programs: &'a [&'a Path],
     /// Modules for `/lib/modules/` (kclient.ko, and zram.ko / nbd.ko for comparisons).
     pub modules: &'a [&'a Path],
 }
@@ -127,6 +133,8 @@ pub fn build(contents: &Contents<'_>, out: &Path) -> Result<()> {
     cpio.char_dev("dev/console", 5, 1);
     cpio.char_dev("dev/null", 1, 3);
     cpio.file_from("bin/busybox", 0o755, contents.busybox)?;
+    // The interpreter of /init; /init installs the other applets.
+    cpio.symlink("bin/sh", "busybox");
     cpio.file_from("init", 0o755, &contents.scripts.join("init"))?;
     let mut scripts: Vec<_> = std::fs::read_dir(contents.scripts)?
         .filter_map(|e| e.ok())
@@ -141,7 +149,13 @@ pub fn build(contents: &Contents<'_>, out: &Path) -> Result<()> {
             .context("script name")?;
         cpio.file_from(&format!("tmem/{name}"), 0o755, &script)?;
     }
-    cpio.file_from("bin/tmem-workload", 0o755, contents.workload)?;
+    for program in contents.programs {
+        let name = program
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("program name")?;
+        cpio.file_from(&format!("bin/{name}"), 0o755, program)?;
+    }
     for module in contents.modules {
         let name = module
             .file_name()
