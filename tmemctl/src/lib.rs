@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod conformance;
 pub mod corpus;
 pub mod memcached;
 pub mod stats;

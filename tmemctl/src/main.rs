@@ -46,6 +46,16 @@ enum Command {
     },
     /// Put N pages, get them all back, verify every byte, report throughput and latency.
     Bench(BenchArgs),
+    /// Run the protocol conformance and robustness checks against the appliance (uses its own
+    /// client id; sends deliberately broken frames; leaves nothing behind).
+    Check {
+        /// The appliance's --frame-timeout in seconds (the stalled-peer check waits that long).
+        #[arg(long, default_value_t = 30)]
+        frame_timeout: u64,
+        /// Idle connections to hold open during the check.
+        #[arg(long, default_value_t = 200)]
+        idle_connections: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -97,6 +107,23 @@ fn main() -> Result<()> {
             watch,
         } => run_stats(&cli.target, json, prometheus, watch),
         Command::Bench(args) => run_bench(&cli.target[0], &args),
+        Command::Check {
+            frame_timeout,
+            idle_connections,
+        } => {
+            let opts = tmemctl::conformance::Options {
+                frame_timeout: Duration::from_secs(frame_timeout),
+                idle_connections,
+            };
+            for t in &cli.target {
+                println!("checking {t}");
+                tmemctl::conformance::run_all(t, &opts, |name, r| match r {
+                    Ok(()) => println!("  ok    {name}"),
+                    Err(e) => println!("  FAIL  {name}: {e:#}"),
+                })?;
+            }
+            Ok(())
+        }
     }
 }
 

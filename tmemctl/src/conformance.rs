@@ -1,0 +1,676 @@
+//! Protocol conformance and robustness checks against a live appliance at any address: semantics
+//! (pools, gets, flushes, batches) and hostile input (garbage, oversized, truncated, stalled and
+//! abandoned frames, corrupt pages, many idle connections). The same cases run against host mode in
+//! the test suite, against the Hermit VM in the QEMU tests, and from `tmemctl check`.
+//!
+//! Every case uses its own client id, so it never touches another client's pages; every wait is
+//! bounded.
+
+use anyhow::{bail, ensure, Context, Result};
+use protocol::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// What the checks may assume about the appliance.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The appliance's `--frame-timeout`: a peer stalling mid-frame must be dropped within it (+ slack).
+    pub frame_timeout: Duration,
+    /// How many idle connections to hold open at once.
+    pub idle_connections: usize,
+}
+
+/// One named check.
+pub struct Case {
+    /// Short name, printed by `tmemctl check`.
+    pub name: &'static str,
+    /// The check.
+    pub run: fn(&str, &Options) -> Result<()>,
+}
+
+/// Every check, in the order `run_all` runs them.
+pub const CASES: &[Case] = &[
+    Case {
+        name: "persistent pages round-trip, raw and batched",
+        run: round_trip,
+    },
+    Case {
+        name: "requests before HELLO are refused",
+        run: before_hello,
+    },
+    Case {
+        name: "unsupported version range is refused",
+        run: bad_version_range,
+    },
+    Case {
+        name: "garbage closes only that connection",
+        run: bad_magic,
+    },
+    Case {
+        name: "oversized frame is refused before buffering",
+        run: oversized,
+    },
+    Case {
+        name: "unknown opcode: error reply, connection usable",
+        run: unknown_opcode,
+    },
+    Case {
+        name: "bad checksum, corrupt LZ4, unknown pool, truncated payload",
+        run: malformed_payloads,
+    },
+    Case {
+        name: "batch entries fail individually",
+        run: batch_errors,
+    },
+    Case {
+        name: "peer disconnecting mid-frame loses nothing",
+        run: disconnect_mid_frame,
+    },
+    Case {
+        name: "reply frames from a client close it",
+        run: reply_from_client,
+    },
+    Case {
+        name: "HELLO nonces are fresh",
+        run: fresh_nonces,
+    },
+    Case {
+        name: "idle connections do not block service",
+        run: idle_connections,
+    },
+    Case {
+        name: "peer stalling mid-frame is dropped",
+        run: stall_mid_frame,
+    },
+];
+
+/// Runs every case; fails listing the cases that failed.
+pub fn run_all(
+    addr: &str,
+    opts: &Options,
+    mut report: impl FnMut(&str, &Result<()>),
+) -> Result<()> {
+    let mut failed = Vec::new();
+    for case in CASES {
+        let r = (case.run)(addr, opts);
+        report(case.name, &r);
+        if let Err(e) = r {
+            failed.push(format!("{}: {e:#}", case.name));
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} checks failed:\n  {}",
+            failed.len(),
+            CASES.len(),
+            failed.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// Client ids for checks: far from what real clients use, different per case.
+fn client_id(case: u64) -> u64 {
+    0xc0f0_0000_0000_0000 | (u64::from(std::process::id()) << 8) | case
+}
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Conn {
+    s: TcpStream,
+    next: u64,
+}
+
+impl Conn {
+    fn open(addr: &str) -> Result<Conn> {
+        let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        s.set_nodelay(true)?;
+        Ok(Conn { s, next: 1 })
+    }
+
+    fn hello(addr: &str, client: u64) -> Result<Conn> {
+        let mut c = Conn::open(addr)?;
+        let (status, _) = c.call(&Request::Hello(Hello::new(client)), 0)?;
+        ensure!(status == Status::Ok, "HELLO: {status}");
+        Ok(c)
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        Ok(self.s.write_all(bytes)?)
+    }
+
+    fn recv(&mut self) -> Result<(Header, Vec<u8>)> {
+        let mut head = [0u8; HEADER_LEN];
+        self.s
+            .read_exact(&mut head)
+            .context("reading a reply header")?;
+        let h = Header::parse(&head).map_err(|e| anyhow::anyhow!("reply header: {e}"))?;
+        ensure!(h.is_reply(), "the appliance sent a request frame");
+        let mut payload = vec![0u8; h.payload_len as usize];
+        self.s.read_exact(&mut payload)?;
+        Ok((h, payload))
+    }
+
+    fn call(&mut self, req: &Request<'_>, flags: u16) -> Result<(Status, Vec<u8>)> {
+        let mut buf = vec![0u8; MAX_FRAME];
+        let id = self.next;
+        self.next += 1;
+        let n = req.emit(id, flags, &mut buf)?;
+        self.send_raw(&buf[..n])?;
+        let (h, payload) = self.recv()?;
+        ensure!(
+            h.request_id == id,
+            "reply id {} for request {id}",
+            h.request_id
+        );
+        Ok((
+            Status::from_u16(h.status).context("unknown status")?,
+            payload,
+        ))
+    }
+
+    fn expect(&mut self, req: &Request<'_>, want: Status) -> Result<Vec<u8>> {
+        let (got, payload) = self.call(req, 0)?;
+        ensure!(
+            got == want,
+            "{:?}: expected {want}, got {got}",
+            req.opcode()
+        );
+        Ok(payload)
+    }
+
+    fn new_pool(&mut self) -> Result<u32> {
+        let p = self.expect(
+            &Request::NewPool(NewPool {
+                kind: PoolKind::Persistent,
+                page_size: 4096,
+            }),
+            Status::Ok,
+        )?;
+        Ok(u32::from_le_bytes(
+            p.get(..4).context("short NEW_POOL reply")?.try_into()?,
+        ))
+    }
+
+    /// True once the server closed the connection within `limit`.
+    fn closed_within(&mut self, limit: Duration) -> Result<bool> {
+        self.s.set_read_timeout(Some(Duration::from_millis(250)))?;
+        let mut b = [0u8; 256];
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            match self.s.read(&mut b) {
+                Ok(0) => return Ok(true),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+}
+
+fn text_page(seed: u8) -> Vec<u8> {
+    let mut p: Vec<u8> = b"remote compressed memory "
+        .iter()
+        .cycle()
+        .take(PAGE_SIZE)
+        .copied()
+        .collect();
+    p[0] = seed;
+    p
+}
+
+fn raw(data: &[u8]) -> Page<'_> {
+    Page {
+        encoding: Encoding::Raw,
+        crc: crc32c(data),
+        data,
+    }
+}
+
+fn close_pool(c: &mut Conn, pool: u32) -> Result<()> {
+    c.expect(&Request::DestroyPool { pool }, Status::Ok)
+        .map(drop)
+}
+
+/// A well-behaved client still gets its page back, intact.
+fn healthy(addr: &str, case: u64) -> Result<()> {
+    let mut c = Conn::hello(addr, client_id(case) | 0x80)?;
+    let pool = c.new_pool()?;
+    let data = text_page(7);
+    let key = PageKey {
+        pool,
+        object: [1, 1, 1],
+        index: 1,
+    };
+    c.expect(
+        &Request::Put {
+            key,
+            page: raw(&data),
+        },
+        Status::Ok,
+    )?;
+    let got = c.expect(&Request::Get { key }, Status::Ok)?;
+    let page = Page::parse(&got).map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(page.data == &data[..], "page came back different");
+    close_pool(&mut c, pool)
+}
+
+fn round_trip(addr: &str, _: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, client_id(1))?;
+    let pool = c.new_pool()?;
+    let pages: Vec<Vec<u8>> = (0..40u8).map(text_page).collect();
+    for (i, p) in pages.iter().enumerate().take(8) {
+        c.expect(
+            &Request::Put {
+                key: PageKey {
+                    pool,
+                    object: [0; 3],
+                    index: i as u32,
+                },
+                page: raw(p),
+            },
+            Status::Ok,
+        )?;
+    }
+    let mut buf = vec![0u8; MAX_FRAME];
+    let mut w = BatchWriter::new(&mut buf)?;
+    for (i, p) in pages.iter().enumerate().skip(8) {
+        w.push_request(
+            &Request::Put {
+                key: PageKey {
+                    pool,
+                    object: [0; 3],
+                    index: i as u32,
+                },
+                page: raw(p),
+            },
+            0,
+        )?;
+    }
+    let n = w.finish_request(99, 0)?;
+    c.send_raw(&buf[..n])?;
+    let (h, payload) = c.recv()?;
+    let Ok(Reply::Batch(entries)) = Reply::parse(h.opcode, h.status, &payload) else {
+        bail!("no batch reply")
+    };
+    ensure!(
+        entries.clone().all(|e| e.status == 0),
+        "a batched put failed"
+    );
+    for (i, p) in pages.iter().enumerate() {
+        let key = PageKey {
+            pool,
+            object: [0; 3],
+            index: i as u32,
+        };
+        let (status, payload) = c.call(&Request::Get { key }, flags::ACCEPT_LZ4)?;
+        ensure!(status == Status::Ok, "get {i}: {status}");
+        let page = Page::parse(&payload).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut out = [0u8; PAGE_SIZE];
+        crate::client::decode_page(&page, &mut out)?;
+        ensure!(out[..] == p[..], "page {i} differs");
+    }
+    // Persistent gets keep the page; FLUSH_PAGE removes it.
+    let key = PageKey {
+        pool,
+        object: [0; 3],
+        index: 3,
+    };
+    c.expect(&Request::Get { key }, Status::Ok)?;
+    c.expect(&Request::FlushPage { key }, Status::Ok)?;
+    c.expect(&Request::Get { key }, Status::NotFound)?;
+    let flushed = c.expect(
+        &Request::FlushObject(FlushObject {
+            pool,
+            object: [0; 3],
+        }),
+        Status::Ok,
+    )?;
+    ensure!(
+        flushed.get(..4) == Some(&39u32.to_le_bytes()[..]),
+        "FLUSH_OBJECT count"
+    );
+    close_pool(&mut c, pool)
+}
+
+fn before_hello(addr: &str, _: &Options) -> Result<()> {
+    let mut c = Conn::open(addr)?;
+    c.expect(&Request::Stats, Status::NotAuthenticated)?;
+    healthy(addr, 2)
+}
+
+fn bad_version_range(addr: &str, _: &Options) -> Result<()> {
+    let mut c = Conn::open(addr)?;
+    let hello = Hello {
+        min_version: 2,
+        max_version: 9,
+        ..Hello::new(client_id(3))
+    };
+    c.expect(&Request::Hello(hello), Status::UnsupportedVersion)
+        .map(drop)
+}
+
+fn bad_magic(addr: &str, _: &Options) -> Result<()> {
+    let mut c = Conn::open(addr)?;
+    c.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    ensure!(
+        c.closed_within(IO_TIMEOUT)?,
+        "garbage did not close the connection"
+    );
+    healthy(addr, 4)
+}
+
+fn oversized(addr: &str, _: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, client_id(5))?;
+    let h = Header {
+        opcode: Opcode::PutPage as u8,
+        flags: 0,
+        request_id: 9,
+        payload_len: u32::MAX,
+        status: 0,
+    };
+    let mut head = [0u8; HEADER_LEN];
+    h.emit(&mut head)?;
+    c.send_raw(&head)?;
+    ensure!(
+        c.closed_within(IO_TIMEOUT)?,
+        "an oversized frame did not close the connection"
+    );
+    healthy(addr, 5)
+}
+
+fn unknown_opcode(addr: &str, _: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, client_id(6))?;
+    let h = Header {
+        opcode: 77,
+        flags: 0,
+        request_id: 500,
+        payload_len: 0,
+        status: 0,
+    };
+    let mut head = [0u8; HEADER_LEN];
+    h.emit(&mut head)?;
+    c.send_raw(&head)?;
+    let (reply, message) = c.recv()?;
+    ensure!(reply.request_id == 500, "reply id");
+    ensure!(
+        Status::from_u16(reply.status) == Some(Status::UnknownOpcode),
+        "status {}",
+        reply.status
+    );
+    ensure!(
+        String::from_utf8_lossy(&message).contains("unknown opcode 77"),
+        "message"
+    );
+    c.expect(&Request::Stats, Status::Ok).map(drop)
+}
+
+/// A minimal valid LZ4 block: one run of literals (token, length bytes, literals).
+fn lz4_literals(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0xF0];
+    let mut rest = data.len() - 15;
+    while rest >= 255 {
+        out.push(255);
+        rest -= 255;
+    }
+    out.push(rest as u8);
+    out.extend_from_slice(data);
+    out
+}
+
+fn malformed_payloads(addr: &str, _: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, client_id(7))?;
+    let pool = c.new_pool()?;
+    let key = PageKey {
+        pool,
+        object: [0; 3],
+        index: 0,
+    };
+    let data = text_page(1);
+    let bad_crc = Page {
+        crc: crc32c(&data) ^ 0xdead,
+        ..raw(&data)
+    };
+    c.expect(&Request::Put { key, page: bad_crc }, Status::BadChecksum)?;
+    let garbage = [0xffu8; 100];
+    let page = Page {
+        encoding: Encoding::Lz4,
+        crc: crc32c(&data),
+        data: &garbage,
+    };
+    c.expect(&Request::Put { key, page }, Status::CorruptPayload)?;
+    let short = lz4_literals(&data[..1000]);
+    let page = Page {
+        encoding: Encoding::Lz4,
+        crc: crc32c(&data),
+        data: &short,
+    };
+    c.expect(&Request::Put { key, page }, Status::CorruptPayload)?;
+    c.expect(
+        &Request::Put {
+            key: PageKey {
+                pool: 0x7fff_fff0,
+                ..key
+            },
+            page: raw(&data),
+        },
+        Status::UnknownPool,
+    )?;
+    let mut other = Conn::hello(addr, client_id(8))?;
+    other.expect(&Request::Get { key }, Status::UnknownPool)?;
+    c.expect(
+        &Request::NewPool(NewPool {
+            kind: PoolKind::Ephemeral,
+            page_size: 8192,
+        }),
+        Status::Malformed,
+    )?;
+    // A PUT whose payload is cut short inside a well-formed frame.
+    let mut buf = vec![0u8; MAX_FRAME];
+    let n = Request::Put {
+        key,
+        page: raw(&data),
+    }
+    .emit(42, 0, &mut buf)?;
+    let cut = n - 100;
+    buf[16..20].copy_from_slice(&((cut - HEADER_LEN) as u32).to_le_bytes());
+    c.send_raw(&buf[..cut])?;
+    let (h, _) = c.recv()?;
+    ensure!(
+        (h.request_id, Status::from_u16(h.status)) == (42, Some(Status::Malformed)),
+        "truncated PUT"
+    );
+    c.expect(&Request::Get { key }, Status::NotFound)?;
+    close_pool(&mut c, pool)?;
+    healthy(addr, 7)
+}
+
+fn batch_errors(addr: &str, _: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, client_id(9))?;
+    let pool = c.new_pool()?;
+    let data = text_page(2);
+    let good = raw(&data);
+    let bad = Page {
+        crc: good.crc ^ 1,
+        ..good
+    };
+    let mut buf = vec![0u8; MAX_FRAME];
+    let mut w = BatchWriter::new(&mut buf)?;
+    w.push_request(
+        &Request::Put {
+            key: PageKey {
+                pool,
+                object: [0; 3],
+                index: 0,
+            },
+            page: good,
+        },
+        0,
+    )?;
+    w.push_request(
+        &Request::Put {
+            key: PageKey {
+                pool,
+                object: [0; 3],
+                index: 1,
+            },
+            page: bad,
+        },
+        0,
+    )?;
+    w.push_request(
+        &Request::Get {
+            key: PageKey {
+                pool,
+                object: [0; 3],
+                index: 0,
+            },
+        },
+        0,
+    )?;
+    w.push_request(
+        &Request::Get {
+            key: PageKey {
+                pool: 0x7fff_fff1,
+                object: [0; 3],
+                index: 0,
+            },
+        },
+        0,
+    )?;
+    let n = w.finish_request(7, 0)?;
+    c.send_raw(&buf[..n])?;
+    let (h, payload) = c.recv()?;
+    ensure!(h.request_id == 7, "reply id");
+    let Ok(Reply::Batch(entries)) = Reply::parse(h.opcode, h.status, &payload) else {
+        bail!("no batch reply")
+    };
+    let statuses: Vec<Status> = entries
+        .map(|e| e.reply().map(|r| r.status()).unwrap_or(Status::Internal))
+        .collect();
+    ensure!(
+        statuses
+            == [
+                Status::Ok,
+                Status::BadChecksum,
+                Status::Ok,
+                Status::UnknownPool
+            ],
+        "statuses {statuses:?}"
+    );
+    close_pool(&mut c, pool)
+}
+
+fn disconnect_mid_frame(addr: &str, _: &Options) -> Result<()> {
+    let id = client_id(10);
+    let mut keeper = Conn::hello(addr, id)?;
+    let pool = keeper.new_pool()?;
+    let data = text_page(3);
+    let key = PageKey {
+        pool,
+        object: [3; 3],
+        index: 3,
+    };
+    keeper.expect(
+        &Request::Put {
+            key,
+            page: raw(&data),
+        },
+        Status::Ok,
+    )?;
+    for cut in [1, HEADER_LEN - 1, HEADER_LEN + 7, 1000] {
+        let mut c = Conn::hello(addr, id)?;
+        let mut buf = vec![0u8; MAX_FRAME];
+        let n = Request::Put {
+            key: PageKey { index: 4, ..key },
+            page: raw(&data),
+        }
+        .emit(1, 0, &mut buf)?;
+        c.send_raw(&buf[..cut.min(n - 1)])?;
+    }
+    let got = keeper.expect(&Request::Get { key }, Status::Ok)?;
+    ensure!(
+        Page::parse(&got)
+            .map(|p| p.data == &data[..])
+            .unwrap_or(false),
+        "kept page changed"
+    );
+    keeper.expect(
+        &Request::Get {
+            key: PageKey { index: 4, ..key },
+        },
+        Status::NotFound,
+    )?;
+    close_pool(&mut keeper, pool)
+}
+
+fn reply_from_client(addr: &str, _: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, client_id(11))?;
+    let mut buf = vec![0u8; 256];
+    let n = Reply::Done.emit(Opcode::PutPage as u8, 1, &mut buf)?;
+    c.send_raw(&buf[..n])?;
+    ensure!(
+        c.closed_within(IO_TIMEOUT)?,
+        "a reply frame from a client did not close it"
+    );
+    Ok(())
+}
+
+fn fresh_nonces(addr: &str, _: &Options) -> Result<()> {
+    let nonce = || -> Result<[u8; HELLO_NONCE_LEN]> {
+        let mut c = Conn::open(addr)?;
+        let (status, payload) = c.call(&Request::Hello(Hello::new(client_id(12))), 0)?;
+        ensure!(status == Status::Ok, "HELLO: {status}");
+        match Reply::parse(Opcode::Hello as u8, 0, &payload) {
+            Ok(Reply::Hello(h)) => Ok(h.nonce),
+            _ => bail!("bad HELLO reply"),
+        }
+    };
+    let (a, b) = (nonce()?, nonce()?);
+    ensure!(
+        a != b && a != [0; HELLO_NONCE_LEN],
+        "nonces repeat or are zero"
+    );
+    Ok(())
+}
+
+fn idle_connections(addr: &str, opts: &Options) -> Result<()> {
+    let idle = (0..opts.idle_connections)
+        .map(|_| TcpStream::connect(addr))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    healthy(addr, 13)?;
+    let mut c = Conn::hello(addr, client_id(13))?;
+    let stats = c.expect(&Request::Stats, Status::Ok)?;
+    let open = StatsView::parse(&stats)
+        .ok()
+        .and_then(|s| s.get(StatId::Connections))
+        .unwrap_or(0);
+    ensure!(
+        open as usize > opts.idle_connections,
+        "appliance counts {open} connections"
+    );
+    drop(idle);
+    Ok(())
+}
+
+fn stall_mid_frame(addr: &str, opts: &Options) -> Result<()> {
+    let mut staller = Conn::hello(addr, client_id(14))?;
+    let mut buf = vec![0u8; MAX_FRAME];
+    let n = Request::Stats.emit(5, 0, &mut buf)?;
+    staller.send_raw(&buf[..n - 10])?;
+    healthy(addr, 14)?;
+    let limit = opts.frame_timeout + Duration::from_secs(5);
+    ensure!(
+        staller.closed_within(limit)?,
+        "a peer stalled mid-frame was not dropped within {limit:?}"
+    );
+    Ok(())
+}
