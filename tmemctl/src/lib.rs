@@ -5,5 +5,6 @@ pub mod bench;
 pub mod client;
 pub mod conformance;
 pub mod corpus;
+pub mod kclient_view;
 pub mod memcached;
 pub mod stats;

@@ -46,6 +46,18 @@ enum Command {
     },
     /// Put N pages, get them all back, verify every byte, report throughput and latency.
     Bench(BenchArgs),
+    /// On a client machine: kclient's counters (debugfs) and parameters (sysfs).
+    Client {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every N seconds until interrupted.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<u64>,
+        /// Counters file (default: kclient's debugfs file).
+        #[arg(long, default_value = tmemctl::kclient_view::STATS_FILE)]
+        stats_file: std::path::PathBuf,
+    },
     /// Run the protocol conformance and robustness checks against the appliance (uses its own
     /// client id; sends deliberately broken frames; leaves nothing behind).
     Check {
@@ -107,6 +119,11 @@ fn main() -> Result<()> {
             watch,
         } => run_stats(&cli.target, json, prometheus, watch),
         Command::Bench(args) => run_bench(&cli.target[0], &args),
+        Command::Client {
+            json,
+            watch,
+            stats_file,
+        } => run_client_view(json, watch, &stats_file),
         Command::Check {
             frame_timeout,
             idle_connections,
@@ -165,6 +182,34 @@ fn run_stats(targets: &[String], json: bool, prometheus: bool, watch: Option<u64
             }
             _ if failed > 0 => bail!("{failed} of {} appliances did not answer", targets.len()),
             _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn run_client_view(json: bool, watch: Option<u64>, stats_file: &std::path::Path) -> Result<()> {
+    use tmemctl::kclient_view::{read_params, read_stats, table, PARAMS_DIR};
+    let rounds = if watch.is_some() { 86_400 } else { 1 };
+    for round in 0..rounds {
+        let stats = read_stats(stats_file)?;
+        let params = read_params(std::path::Path::new(PARAMS_DIR));
+        if json {
+            let mut m = serde_json::Map::new();
+            for (k, v) in &params {
+                m.insert(k.clone(), serde_json::Value::from(v.as_str()));
+            }
+            for (k, v) in &stats {
+                m.insert(k.clone(), serde_json::Value::from(*v));
+            }
+            println!("{}", serde_json::Value::Object(m));
+        } else {
+            if watch.is_some() {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", table(&params, &stats));
+        }
+        if let Some(secs) = watch.filter(|_| round + 1 < rounds) {
+            std::thread::sleep(Duration::from_secs(secs.max(1)));
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! Each verb lives in its own module; this file only parses the command line and dispatches.
 
 mod bench;
+mod demo;
 mod hermit;
 mod hermit_kernel;
 mod hermit_tools;
@@ -36,6 +37,8 @@ enum Verb {
     TestVm,
     /// Run the fuzz targets (protocol decoders, appliance server core) for a bounded time.
     Fuzz(testing::FuzzArgs),
+    /// The main job end to end: appliance VM + client VM swapping to it, with a summary.
+    Demo(demo::DemoArgs),
     /// Side-by-side benchmarks; results go to docs/benchmarks.md.
     Bench(bench::BenchArgs),
 }
@@ -49,5 +52,6 @@ fn main() -> Result<()> {
         Verb::TestVm => testing::test_vm(),
         Verb::Fuzz(args) => testing::fuzz(&args),
         Verb::Bench(args) => bench::bench(&args),
+        Verb::Demo(args) => demo::demo(&args),
     }
 }

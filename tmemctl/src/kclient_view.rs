@@ -1,0 +1,114 @@
+//! `tmemctl client`: kclient's counters on a client machine, read from debugfs, plus the module's
+//! parameters from sysfs — one command instead of RAMster's `watch grep . /sys/kernel/debug/...`.
+
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// Where kclient publishes its counters.
+pub const STATS_FILE: &str = "/sys/kernel/debug/kclient/stats";
+
+/// Where the module's parameters are.
+pub const PARAMS_DIR: &str = "/sys/module/kclient/parameters";
+
+/// `name value` lines as pairs (lines that do not parse are skipped).
+pub fn parse(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(char::is_whitespace)?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Reads the counters.
+pub fn read_stats(path: &Path) -> Result<Vec<(String, u64)>> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading {} (is kclient loaded, debugfs mounted, and are you root?)",
+            path.display()
+        )
+    })?;
+    Ok(parse(&text))
+}
+
+/// Module parameters (name, value), if the module is loaded.
+pub fn read_params(dir: &Path) -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, String)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let value = std::fs::read_to_string(e.path()).ok()?;
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                value.trim().to_string(),
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A human table: parameters, counters, and derived figures (mean request latency bucket, MiB moved).
+pub fn table(params: &[(String, String)], stats: &[(String, u64)]) -> String {
+    let mut s = String::from("kclient\n");
+    for (k, v) in params {
+        s.push_str(&format!("  {k:<24} {v}\n"));
+    }
+    let get = |name: &str| stats.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+    for (k, v) in stats
+        .iter()
+        .filter(|(k, _)| !k.starts_with("latency_us_lt_"))
+    {
+        s.push_str(&format!("  {k:<24} {v:>14}\n"));
+    }
+    if let (Some(sent), Some(recv)) = (get("bytes_sent"), get("bytes_received")) {
+        s.push_str(&format!(
+            "  {:<24} {:>14.1}\n",
+            "mib_sent",
+            sent as f64 / (1 << 20) as f64
+        ));
+        s.push_str(&format!(
+            "  {:<24} {:>14.1}\n",
+            "mib_received",
+            recv as f64 / (1 << 20) as f64
+        ));
+    }
+    let hist: Vec<(u64, u64)> = stats
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("latency_us_lt_")?.parse().ok()?, *v)))
+        .collect();
+    let total: u64 = hist.iter().map(|(_, n)| n).sum();
+    if total > 0 {
+        s.push_str("  request latency\n");
+        for (bound, n) in &hist {
+            let bar = "#".repeat(((n * 40).div_ceil(total)) as usize);
+            s.push_str(&format!("    < {bound:>8} us {n:>10} {bar}\n"));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_renders_kclient_stats() {
+        let text = "pages_stored 10\npages_loaded 4\nbytes_sent 2097152\nbytes_received 1048576\n\
+                    latency_us_lt_256 3\nlatency_us_lt_1024 1\ngarbage\n";
+        let stats = parse(text);
+        assert_eq!(stats.len(), 6);
+        let t = table(&[("remote_target".into(), "10.0.2.2:7000".into())], &stats);
+        assert!(t.contains("remote_target") && t.contains("10.0.2.2:7000"));
+        assert!(t.contains("pages_stored") && t.contains("mib_sent"));
+        assert!(t.contains("<      256 us          3"), "{t}");
+    }
+
+    #[test]
+    fn missing_module_is_a_clear_error() {
+        let e = read_stats(Path::new("/nonexistent/kclient/stats")).unwrap_err();
+        assert!(format!("{e:#}").contains("is kclient loaded"));
+    }
+}
