@@ -188,6 +188,12 @@ pub fn wait_exit(vm: &mut Qemu, timeout: Duration) -> bool {
 
 /// Kernel warnings, oopses and hangs in a console log.
 pub fn kernel_problems(log: &str) -> Vec<String> {
+    kernel_problems_ignoring(log, &[])
+}
+
+/// Like [`kernel_problems`], minus lines containing any of `ignore` (e.g. the stack trace of an
+/// expected OOM kill; a WARN or BUG still shows up through its own line).
+pub fn kernel_problems_ignoring(log: &str, ignore: &[&str]) -> Vec<String> {
     const BAD: &[&str] = &[
         "WARNING:",
         "BUG:",
@@ -202,6 +208,7 @@ pub fn kernel_problems(log: &str) -> Vec<String> {
     ];
     log.lines()
         .filter(|l| BAD.iter().any(|b| l.contains(b)))
+        .filter(|l| !ignore.iter().any(|i| l.contains(i)))
         .map(str::to_string)
         .collect()
 }

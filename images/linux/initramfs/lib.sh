@@ -19,3 +19,37 @@ load_kclient() {
 }
 
 ram_mib() { awk '$1 == "MemTotal:" { print int($2 / 1024) }' /proc/meminfo; }
+
+# Plain block I/O on /dev/kclient0 before it becomes swap: write + read back (through the appliance),
+# discard -> zeros, and the remote_target parameter (read, reject garbage, rewrite). Sets
+# blockio, discard and target_rw to ok or fail.
+blockdev_checks() {
+	dev=/dev/kclient0
+	dd if=/dev/urandom of=/tmp/blk.in bs=4096 count=64 2>/dev/null
+	dd if=/tmp/blk.in of=$dev bs=4096 seek=100 conv=fsync 2>/dev/null
+	echo 3 > /proc/sys/vm/drop_caches
+	dd if=$dev of=/tmp/blk.out bs=4096 skip=100 count=64 2>/dev/null
+	if cmp -s /tmp/blk.in /tmp/blk.out; then blockio=ok; else blockio=fail; fi
+	dd if=/dev/zero of=/tmp/blk.zero bs=4096 count=64 2>/dev/null
+	if blkdiscard -o $((100 * 4096)) -l $((64 * 4096)) $dev; then
+		echo 3 > /proc/sys/vm/drop_caches
+		dd if=$dev of=/tmp/blk.out bs=4096 skip=100 count=64 2>/dev/null
+		if cmp -s /tmp/blk.zero /tmp/blk.out; then discard=ok; else discard=fail; fi
+	else
+		discard=fail
+	fi
+	param=/sys/module/kclient/parameters/remote_target
+	old=$(cat $param)
+	target_rw=ok
+	[ "$old" = "${tmem_target:-10.0.2.2:7000}" ] || target_rw=fail
+	if echo "not-an-address" > $param 2>/dev/null; then target_rw=fail; fi
+	[ "$(cat $param)" = "$old" ] || target_rw=fail
+	echo "$old" > $param || target_rw=fail
+	# The connections move to the (same) target: wait until one is back (bounded).
+	n=0
+	while [ $n -lt 100 ] && ! grep -q 'connections_up [1-9]' /sys/kernel/debug/kclient/stats; do
+		sleep 0.1; n=$((n + 1))
+	done
+	grep -q 'connections_up [1-9]' /sys/kernel/debug/kclient/stats || target_rw=fail
+	echo "TMEM-BLOCKDEV blockio=$blockio discard=$discard target_rw=$target_rw"
+}

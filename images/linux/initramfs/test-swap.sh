@@ -2,6 +2,8 @@
 echo 1 > /sys/module/zswap/parameters/enabled
 phase insmod
 load_kclient; insmod_rc=$?
+phase blockdev
+blockdev_checks
 mkswap /dev/kclient0 >/dev/null; mkswap_rc=$?
 swapon /dev/kclient0; swapon_rc=$?
 mib=${tmem_mib:-$(( $(ram_mib) * 3 ))}
@@ -22,6 +24,7 @@ oops=$(oopses)
 status=pass
 for rc in $insmod_rc $mkswap_rc $swapon_rc $workload_rc $swapoff_rc $rmmod_rc; do [ "$rc" = 0 ] || status=fail; done
 [ "$oops" = 0 ] || status=fail
-echo "TMEM-RESULT test=swap status=$status insmod=$insmod_rc mkswap=$mkswap_rc swapon=$swapon_rc workload=$workload_rc swapoff=$swapoff_rc rmmod=$rmmod_rc oops=$oops mib=$mib seconds=$((t1 - t0)) pswpout=$pswpout pswpin=$pswpin zswpout=$zswpout zswpwb=$zswpwb $stats"
+[ "$blockio" = ok ] && [ "$discard" = ok ] && [ "$target_rw" = ok ] || status=fail
+echo "TMEM-RESULT test=swap status=$status blockio=$blockio discard=$discard target_rw=$target_rw insmod=$insmod_rc mkswap=$mkswap_rc swapon=$swapon_rc workload=$workload_rc swapoff=$swapoff_rc rmmod=$rmmod_rc oops=$oops mib=$mib seconds=$((t1 - t0)) pswpout=$pswpout pswpin=$pswpin zswpout=$zswpout zswpwb=$zswpwb $stats"
 echo "TMEM-STATS-AFTER-SWAPOFF $stats_after"
 [ "$oops" = 0 ] || dmesg | tail -80
