@@ -142,6 +142,20 @@ impl Conn {
         Ok(self.s.write_all(bytes)?)
     }
 
+    /// Sends a bare header (with whatever payload length it claims, and no payload).
+    fn send_header(&mut self, opcode: u8, request_id: u64, payload_len: u32) -> Result<()> {
+        let h = Header {
+            opcode,
+            flags: 0,
+            request_id,
+            payload_len,
+            status: 0,
+        };
+        let mut head = [0u8; HEADER_LEN];
+        h.emit(&mut head)?;
+        self.send_raw(&head)
+    }
+
     fn recv(&mut self) -> Result<(Header, Vec<u8>)> {
         let mut head = [0u8; HEADER_LEN];
         self.s
@@ -370,16 +384,7 @@ fn bad_magic(addr: &str, _: &Options) -> Result<()> {
 
 fn oversized(addr: &str, _: &Options) -> Result<()> {
     let mut c = Conn::hello(addr, client_id(5))?;
-    let h = Header {
-        opcode: Opcode::PutPage as u8,
-        flags: 0,
-        request_id: 9,
-        payload_len: u32::MAX,
-        status: 0,
-    };
-    let mut head = [0u8; HEADER_LEN];
-    h.emit(&mut head)?;
-    c.send_raw(&head)?;
+    c.send_header(Opcode::PutPage as u8, 9, u32::MAX)?;
     ensure!(
         c.closed_within(IO_TIMEOUT)?,
         "an oversized frame did not close the connection"
@@ -389,16 +394,7 @@ fn oversized(addr: &str, _: &Options) -> Result<()> {
 
 fn unknown_opcode(addr: &str, _: &Options) -> Result<()> {
     let mut c = Conn::hello(addr, client_id(6))?;
-    let h = Header {
-        opcode: 77,
-        flags: 0,
-        request_id: 500,
-        payload_len: 0,
-        status: 0,
-    };
-    let mut head = [0u8; HEADER_LEN];
-    h.emit(&mut head)?;
-    c.send_raw(&head)?;
+    c.send_header(77, 500, 0)?;
     let (reply, message) = c.recv()?;
     ensure!(reply.request_id == 500, "reply id");
     ensure!(
