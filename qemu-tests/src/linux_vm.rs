@@ -64,7 +64,8 @@ pub fn client_command(image: &ClientImage, memory: &str, smp: u32, append: &str)
             "-netdev",
             "user,id=n0",
             "-device",
-            "virtio-net-pci,netdev=n0",
+            // No option ROM: nothing to network-boot, and no dependency on ipxe's ROM files.
+            "virtio-net-pci,netdev=n0,romfile=",
         ]);
     cmd
 }

@@ -37,6 +37,7 @@ const APT_PACKAGES: &[&str] = &[
     "cpio",
     "busybox-static",
     "qemu-system-x86",
+    "ipxe-qemu",
     "make",
     "gcc",
     "libc6-dev",
