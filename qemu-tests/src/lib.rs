@@ -5,8 +5,9 @@
 //! leaking VMs on a shared machine:
 //! - a [`Qemu`] guard kills its VM when dropped, also when the test panics;
 //! - every wait is bounded in attempts and in time ([`wait_for_port`], [`Qemu::wait_for_output`]);
-//! - a test whose artefacts are missing prints `SKIP` and returns (see [`hermit_image`]); the real
-//!   test command builds them first (`cargo xtask image`).
+//! - a test whose artefacts are missing prints `SKIP` and returns (see [`hermit_image`], [`skip`]);
+//!   the real test command (`cargo xtask test-vm`) builds them first and sets `TMEM_REQUIRE_VM=1`,
+//!   which turns every such SKIP into a failure, so a broken build cannot pass as skipped tests.
 
 pub mod linux_vm;
 
@@ -42,7 +43,21 @@ pub struct HermitImage {
     pub appliance: PathBuf,
 }
 
-/// The Hermit image, or `None` after printing a SKIP line naming what is missing.
+/// Whether VM tests must run: `TMEM_REQUIRE_VM=1` (set by `cargo xtask test-vm`).
+pub fn vm_required() -> bool {
+    std::env::var("TMEM_REQUIRE_VM").is_ok_and(|v| v == "1")
+}
+
+/// Reports that `test` cannot run because of `why` (a missing artefact or tool): prints a
+/// `SKIP` line, or panics (fails the test) when [`vm_required`]. Every VM test skips through this.
+pub fn skip(test: &str, why: &str) {
+    if vm_required() {
+        panic!("{test}: {why}; TMEM_REQUIRE_VM=1, so this is a failure, not a skip");
+    }
+    eprintln!("SKIP {test}: {why}");
+}
+
+/// The Hermit image, or `None` after [`skip`] named what is missing.
 pub fn hermit_image(test: &str) -> Option<HermitImage> {
     let dir = images_dir();
     let image = HermitImage {
@@ -51,18 +66,131 @@ pub fn hermit_image(test: &str) -> Option<HermitImage> {
     };
     for path in [&image.loader, &image.appliance] {
         if !path.is_file() {
-            eprintln!(
-                "SKIP {test}: {} missing (run `cargo xtask image`, or set TMEM_IMAGES)",
-                path.display()
+            skip(
+                test,
+                &format!(
+                    "{} missing (run `cargo xtask image`, or set TMEM_IMAGES)",
+                    path.display()
+                ),
             );
             return None;
         }
     }
     if !qemu_available() {
-        eprintln!("SKIP {test}: qemu-system-x86_64 not found (cargo xtask image installs it)");
+        skip(
+            test,
+            "qemu-system-x86_64 not found (cargo xtask image installs it)",
+        );
         return None;
     }
     Some(image)
+}
+
+/// A host binary of this workspace (`tmemctl`, `appliance`), release build preferred, or `None`
+/// after [`skip`]. `$CARGO_TARGET_DIR` is honoured.
+pub fn workspace_binary(test: &str, name: &str) -> Option<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    for profile in ["release", "debug"] {
+        let path = target.join(profile).join(name);
+        if path.is_file() {
+            return Some(path);
+        }
+    }
+    skip(
+        test,
+        &format!("{name} binary missing (run `cargo build --release -p {name}`)"),
+    );
+    None
+}
+
+/// Output of a bounded child process run by [`run_bounded`].
+#[derive(Debug)]
+pub struct Finished {
+    /// Exit status.
+    pub status: std::process::ExitStatus,
+    /// Everything written to stdout.
+    pub stdout: String,
+    /// Everything written to stderr.
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The `key=value` pairs of the last stdout line (`tmemctl bench`'s summary).
+    pub fn summary(&self) -> std::collections::BTreeMap<String, String> {
+        parse_summary(self.stdout.lines().last().unwrap_or_default())
+    }
+}
+
+/// `key=value key=value ...` into a map (tokens without `=` are ignored).
+pub fn parse_summary(line: &str) -> std::collections::BTreeMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Runs `cmd` to completion, killing it (by its own pid) if it takes longer than `timeout`.
+/// Output is collected on threads, so a chatty child cannot block on a full pipe.
+pub fn run_bounded(mut cmd: Command, timeout: Duration) -> io::Result<Finished> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let collect = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut s);
+            }
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = collect(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = collect(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let start = Instant::now();
+    let max_polls = timeout.as_millis() / 20 + 1;
+    let mut status = None;
+    for _ in 0..max_polls {
+        if let Some(s) = child.try_wait()? {
+            status = Some(s);
+            break;
+        }
+        if start.elapsed() >= timeout {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let (stdout, stderr) = (
+            out.join().unwrap_or_default(),
+            err.join().unwrap_or_default(),
+        );
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{cmd:?} killed after {timeout:?}; stdout:\n{stdout}\nstderr:\n{stderr}"),
+        ));
+    };
+    Ok(Finished {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }
 
 /// Whether `qemu-system-x86_64` is on `PATH`.
@@ -138,6 +266,33 @@ impl Qemu {
         app_args: &[&str],
     ) -> io::Result<Qemu> {
         Qemu::spawn(name, hermit_command(image, memory, port, app_args))
+    }
+
+    /// Boots the appliance image (see [`Qemu::boot_hermit`]) listening on `0.0.0.0:PORT` with a
+    /// free `PORT`, then waits (bounded by `timeout`) for its "listening" line and the forwarded
+    /// port. Returns the VM and the host address `127.0.0.1:PORT`.
+    pub fn boot_hermit_appliance(
+        name: &str,
+        image: &HermitImage,
+        memory: &str,
+        app_args: &[&str],
+        timeout: Duration,
+    ) -> io::Result<(Qemu, SocketAddr)> {
+        let port = free_port();
+        let listen = format!("0.0.0.0:{port}");
+        let mut args = vec!["--listen", listen.as_str()];
+        args.extend_from_slice(app_args);
+        let mut vm = Qemu::boot_hermit(name, image, memory, port, &args)?;
+        let start = Instant::now();
+        vm.wait_for_output("appliance listening on", timeout)?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        wait_for_port(
+            addr,
+            timeout
+                .saturating_sub(start.elapsed())
+                .max(Duration::from_secs(5)),
+        )?;
+        Ok((vm, addr))
     }
 
     /// Path of the serial log.

@@ -1,0 +1,220 @@
+//! The Hermit appliance VM under load, through its forwarded port on 127.0.0.1 only:
+//! - `tmemctl bench` puts and reads back every page (verifying every byte), `tmemctl stats --json`
+//!   shows them while they are kept;
+//! - the protocol conformance and robustness suite (`tmemctl::conformance`) passes against the VM;
+//! - a 1.5 GiB VM really holds more than 1 GiB of pages (appliance memory in use, not just counts).
+//!
+//! Needs `target/images/{loader,appliance}` (`cargo xtask image`) and `target/release/tmemctl`
+//! (`cargo build --release -p tmemctl`); without them each test prints SKIP, or fails under
+//! `TMEM_REQUIRE_VM=1` (`cargo xtask test-vm`). Every VM is killed when its guard drops, also when
+//! a check fails; every wait and run is bounded.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qemu_tests::{hermit_image, run_bounded, workspace_binary, Qemu};
+use tmemctl::bench::{run_phase, BenchConfig, Op, TmemBackend};
+use tmemctl::corpus::Corpus;
+
+/// Boot to "listening" takes ~1 s under TCG on an idle machine; the machines are shared and busy.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn stats_json(tmemctl: &std::path::Path, addr: &str) -> serde_json::Value {
+    let mut cmd = Command::new(tmemctl);
+    cmd.args(["--target", addr, "stats", "--json"]);
+    let out = run_bounded(cmd, Duration::from_secs(60)).expect("tmemctl stats ran");
+    assert!(
+        out.status.success(),
+        "tmemctl stats failed: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("stats --json is not JSON ({e}): {}", out.stdout));
+    // One object per appliance, as an array.
+    v.as_array().and_then(|a| a.first().cloned()).unwrap_or(v)
+}
+
+fn counter(stats: &serde_json::Value, name: &str) -> u64 {
+    stats
+        .get(name)
+        .and_then(|v| v.as_u64())
+        .unwrap_or_else(|| panic!("stats have no counter {name}: {stats}"))
+}
+
+/// `tmemctl bench` against the VM (sized for TCG: 20 000 pages, batch 16), every page verified;
+/// the pages are kept and `tmemctl stats --json` must count them.
+#[test]
+fn hermit_bench_verifies_every_page_and_stats_show_them() {
+    const TEST: &str = "hermit_bench_verifies_every_page_and_stats_show_them";
+    let Some(image) = hermit_image(TEST) else {
+        return;
+    };
+    let Some(tmemctl) = workspace_binary(TEST, "tmemctl") else {
+        return;
+    };
+    let (mut vm, addr) = Qemu::boot_hermit_appliance(
+        "hermit-bench",
+        &image,
+        "1G",
+        &["--memory", "512MiB", "--log-level", "warn"],
+        BOOT_TIMEOUT,
+    )
+    .expect("appliance VM booted");
+    let addr = addr.to_string();
+
+    let pages = 20_000u64;
+    let mut cmd = Command::new(&tmemctl);
+    cmd.args(["--target", &addr, "bench", "--pages", &pages.to_string()])
+        .args(["--threads", "2", "--depth", "8", "--batch", "16"])
+        .args(["--corpus", "synthetic", "--max-seconds", "240", "--keep"]);
+    let start = Instant::now();
+    let out = run_bounded(cmd, Duration::from_secs(300)).expect("tmemctl bench finished");
+    eprintln!("{}", out.stdout.trim_end());
+    assert!(
+        out.status.success(),
+        "tmemctl bench failed ({}): {}\n{}\nVM log {}",
+        out.status,
+        out.stdout,
+        out.stderr,
+        vm.log_path().display()
+    );
+    let summary = out.summary();
+    assert_eq!(
+        summary.get("mismatches").map(String::as_str),
+        Some("0"),
+        "summary: {summary:?}"
+    );
+    eprintln!("bench of {pages} pages took {:?}", start.elapsed());
+
+    let stats = stats_json(&tmemctl, &addr);
+    eprintln!("stats: {stats}");
+    assert!(
+        counter(&stats, "pages") >= pages,
+        "the kept pages are not all counted: {stats}"
+    );
+    assert!(counter(&stats, "data_bytes") > 0, "{stats}");
+    assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
+}
+
+/// The protocol conformance and robustness suite against the VM's forwarded port.
+#[test]
+fn hermit_passes_the_conformance_suite() {
+    const TEST: &str = "hermit_passes_the_conformance_suite";
+    let Some(image) = hermit_image(TEST) else {
+        return;
+    };
+    let frame_timeout = Duration::from_secs(5);
+    let (mut vm, addr) = Qemu::boot_hermit_appliance(
+        "hermit-conformance",
+        &image,
+        "1G",
+        &[
+            "--memory",
+            "256MiB",
+            "--frame-timeout",
+            &frame_timeout.as_secs().to_string(),
+            "--log-level",
+            "warn",
+        ],
+        BOOT_TIMEOUT,
+    )
+    .expect("appliance VM booted");
+    let opts = tmemctl::conformance::Options {
+        frame_timeout,
+        idle_connections: 64,
+    };
+    let start = Instant::now();
+    let result = tmemctl::conformance::run_all(&addr.to_string(), &opts, |name, r| match r {
+        Ok(()) => eprintln!("ok    {name} ({:.1?})", start.elapsed()),
+        Err(e) => eprintln!("FAIL  {name}: {e:#}"),
+    });
+    if let Err(e) = result {
+        panic!("{e:#}\nVM log {}", vm.log_path().display());
+    }
+    assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
+}
+
+/// A 1.5 GiB VM (appliance budget 1.2 GiB) stores more than 1 GiB: the appliance's own accounting
+/// (`data_bytes + metadata_bytes`, whole slabs) must reach 1 GiB, so the memory is really used.
+/// Pages are compressed on the client (the appliance verifies every one), so the wire carries about
+/// what is stored; the mix is the synthetic corpus (zero, fill, random and structured pages).
+#[test]
+fn hermit_vm_stores_a_gibibyte() {
+    const TEST: &str = "hermit_vm_stores_a_gibibyte";
+    const GIB: u64 = 1 << 30;
+    let Some(image) = hermit_image(TEST) else {
+        return;
+    };
+    let Some(tmemctl) = workspace_binary(TEST, "tmemctl") else {
+        return;
+    };
+    let (mut vm, addr) = Qemu::boot_hermit_appliance(
+        "hermit-gib",
+        &image,
+        "1536M",
+        &["--memory", "1.2GiB", "--log-level", "warn"],
+        BOOT_TIMEOUT,
+    )
+    .expect("appliance VM booted");
+    let addr = addr.to_string();
+
+    let start = Instant::now();
+    let limit = Duration::from_secs(270);
+    // The synthetic mix, each page made distinct by its index (see `Corpus::page`).
+    let corpus = Arc::new(Corpus::synthetic(4096, 0x6769_6221));
+    let cfg = BenchConfig {
+        pages: 0,
+        threads: 2,
+        depth: 8,
+        batch: 32,
+        client_lz4: true,
+        max_time: limit,
+        progress: false,
+    };
+    // Put in chunks until the appliance accounts for 1 GiB (bounded in rounds and time).
+    let chunk = 32_768u64;
+    let mut used = 0;
+    let mut put = 0u64;
+    for round in 0..64u64 {
+        let mut backends = (0..cfg.threads)
+            .map(|t| TmemBackend::connect(&addr, 0x6769_6200 + round * 8 + t as u64, true))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .expect("connect");
+        let left = limit.saturating_sub(start.elapsed());
+        assert!(
+            !left.is_zero(),
+            "only {used} bytes used after {put} pages in {limit:?}"
+        );
+        let r = run_phase(
+            Op::Put,
+            &mut backends,
+            &corpus,
+            &BenchConfig {
+                pages: chunk,
+                max_time: left,
+                ..cfg.clone()
+            },
+        )
+        .unwrap_or_else(|e| panic!("put phase: {e:#}; VM log {}", vm.log_path().display()));
+        assert_eq!(r.errors, 0, "pages refused after {put} pages");
+        put += r.pages;
+        let stats = stats_json(&tmemctl, &addr);
+        used = counter(&stats, "data_bytes") + counter(&stats, "metadata_bytes");
+        eprintln!(
+            "{put} pages put, appliance uses {} MiB ({:.1?}, {:.1} MiB/s this chunk)",
+            used >> 20,
+            start.elapsed(),
+            r.mib_per_sec()
+        );
+        if used >= GIB {
+            break;
+        }
+    }
+    assert!(used >= GIB, "appliance uses {used} bytes after {put} pages");
+    let stats = stats_json(&tmemctl, &addr);
+    assert!(counter(&stats, "pages") >= put, "{stats}");
+    assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
+    eprintln!("stats: {stats}");
+}
