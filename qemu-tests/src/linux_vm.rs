@@ -149,10 +149,36 @@ impl Appliance {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// Freezes the appliance (SIGSTOP): connections stay open but nothing is answered.
+    pub fn pause(&self) -> std::io::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Undoes [`Appliance::pause`] (SIGCONT).
+    pub fn resume(&self) -> std::io::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, sig: &str) -> std::io::Result<()> {
+        // Our own child, by pid.
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "kill {sig} failed: {status}"
+            )))
+        }
+    }
 }
 
 impl Drop for Appliance {
     fn drop(&mut self) {
+        // A stopped process is killed all the same by SIGKILL.
         self.kill();
     }
 }

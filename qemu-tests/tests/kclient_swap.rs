@@ -4,6 +4,8 @@
 //!   verify, consistent kclient counters, no kernel warnings, swapoff and rmmod succeed.
 //! - `appliance_killed_during_io`: the appliance is SIGKILLed while the workload swaps; the guest must
 //!   report errors (not hang or oops), and swapoff, rmmod and poweroff must complete.
+//! - `appliance_stalled_during_io`: the appliance is frozen (SIGSTOP) for 4 x the I/O timeout, then
+//!   resumed: requests time out, connections are reset and re-established, nothing hangs or oopses.
 //!
 //! Build first: `cargo xtask client-image && cargo build --release -p appliance`; otherwise SKIP.
 //! Env: `TMEM_KCLIENT_MIB` overrides the workload size (default 3 x 256 MiB).
@@ -155,4 +157,64 @@ fn appliance_killed_during_io() {
         "errors must be reported: {result:?}"
     );
     assert!(exited, "VM did not power off after the appliance died");
+}
+
+#[test]
+fn appliance_stalled_during_io() {
+    let name = "kclient_stall";
+    let (Some(image), Some(appliance_bin)) = (client_image(name), appliance_binary(name)) else {
+        return;
+    };
+    let appliance = Appliance::start(&appliance_bin, "2GiB").expect("start appliance");
+    let timeout_ms = 3000;
+    let append = format!(
+        "tmem_test=fail tmem_target=10.0.2.2:{} tmem_size=1G tmem_mib={} tmem_timeout_ms={timeout_ms}",
+        appliance.port,
+        workload_mib()
+    );
+    let mut vm = boot_client(name, &image, VM_MEMORY, VM_CPUS, &append).expect("boot client VM");
+    vm.wait_for_output("TMEM-PHASE workload-start", Duration::from_secs(300))
+        .expect("workload started");
+    std::thread::sleep(Duration::from_secs(20));
+    appliance.pause().expect("SIGSTOP appliance");
+    eprintln!("appliance paused");
+    std::thread::sleep(Duration::from_millis(4 * timeout_ms));
+    appliance.resume().expect("SIGCONT appliance");
+    eprintln!("appliance resumed");
+    let waited = vm.wait_for_output("TMEM-RESULT", Duration::from_secs(900));
+    let exited = wait_exit(&mut vm, Duration::from_secs(120));
+    let log = vm.output();
+    waited.unwrap_or_else(|e| panic!("no result after stalling the appliance: {e}"));
+    let result = parse_result(&log).expect("TMEM-RESULT line");
+    eprintln!("kclient_stall result: {result:?}");
+
+    let expected: &[&str] = if log.contains("invoked oom-killer") {
+        &["Call Trace:"]
+    } else {
+        &[]
+    };
+    let problems = kernel_problems_ignoring(&log, expected);
+    assert!(
+        problems.is_empty(),
+        "kernel problems: {problems:#?}\nlog: {}",
+        vm.log_path().display()
+    );
+    assert!(log.contains("TMEM-SETUP insmod=0 swapon=0"));
+    assert_eq!(num(&result, "oops"), Some(0));
+    assert_eq!(
+        num(&result, "swapoff"),
+        Some(0),
+        "swapoff must complete: {result:?}"
+    );
+    assert_eq!(
+        num(&result, "rmmod"),
+        Some(0),
+        "rmmod must complete: {result:?}"
+    );
+    assert!(
+        num(&result, "timeouts").unwrap_or(0) > 0
+            || num(&result, "failed_requests").unwrap_or(0) > 0,
+        "the stall must show up as timeouts or failed requests: {result:?}"
+    );
+    assert!(exited, "VM did not power off after the stall");
 }
