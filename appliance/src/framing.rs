@@ -200,6 +200,13 @@ impl ReplyBuffer {
         self.len = 0;
     }
 
+    /// Forgets the first `n` pending bytes (a partial non-blocking write).
+    pub fn advance(&mut self, n: usize) {
+        let n = n.min(self.len);
+        self.buf.copy_within(n..self.len, 0);
+        self.len -= n;
+    }
+
     /// Gives the memory back (idle connection).
     pub fn shrink_if_idle(&mut self) {
         if self.len == 0 {

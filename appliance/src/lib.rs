@@ -2,10 +2,11 @@
 //!
 //! Layers, bottom up: [`slab`] (size-class allocator, exact accounting), [`codec`] (checked LZ4,
 //! checksums, fill pages), [`store`] (tmem pools, eviction, quotas), [`framing`] + [`session`]
-//! (sans-IO protocol core: bytes in, frames out), [`server`] (std TCP front end, the same on Linux
-//! host mode and on Hermit); [`metrics`] (Prometheus text over HTTP).
+//! (sans-IO protocol core: bytes in, frames out), [`server`] (TCP front ends: a thread per
+//! connection, or one event loop — the default on Hermit); [`metrics`] (Prometheus text over HTTP).
 
 pub mod codec;
+mod event_loop;
 pub mod framing;
 pub mod metrics;
 pub mod server;

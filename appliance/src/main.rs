@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use appliance::codec::DEFAULT_RAW_THRESHOLD;
-use appliance::server::{Server, ServerConfig};
+use appliance::server::{IoModel, Server, ServerConfig};
 use appliance::store::{Store, StoreConfig};
 use clap::Parser;
 use std::sync::Arc;
@@ -36,6 +36,10 @@ struct Args {
     /// Also serve counters as Prometheus text at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// How connections are served: a thread per connection, or one event loop (default: threads on
+    /// Linux, event loop on Hermit).
+    #[arg(long, value_enum)]
+    io_model: Option<IoModel>,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
@@ -63,6 +67,7 @@ fn main() -> Result<()> {
     let config = ServerConfig {
         max_connections: args.max_connections,
         frame_timeout: Duration::from_secs(args.frame_timeout.max(1)),
+        io_model: args.io_model.unwrap_or_else(IoModel::platform_default),
     };
     let server = Server::bind(&args.listen, store.clone(), config)
         .with_context(|| format!("cannot listen on {}", args.listen))?;

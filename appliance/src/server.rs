@@ -18,6 +18,27 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// How connections are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IoModel {
+    /// A thread per connection with blocking sockets: uses every core (default on Linux).
+    Threads,
+    /// One thread, non-blocking sockets, readiness from poll/epoll (default on Hermit, whose blocking
+    /// socket calls busy-poll).
+    EventLoop,
+}
+
+impl IoModel {
+    /// The right default for the platform this was built for.
+    pub fn platform_default() -> IoModel {
+        if cfg!(target_os = "hermit") {
+            IoModel::EventLoop
+        } else {
+            IoModel::Threads
+        }
+    }
+}
+
 /// Server policies.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -25,6 +46,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long a peer may take to finish a frame it started (and to accept our replies).
     pub frame_timeout: Duration,
+    /// Threads or event loop.
+    pub io_model: IoModel,
 }
 
 impl Default for ServerConfig {
@@ -32,6 +55,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_connections: 4096,
             frame_timeout: Duration::from_secs(30),
+            io_model: IoModel::platform_default(),
         }
     }
 }
@@ -39,14 +63,14 @@ impl Default for ServerConfig {
 /// Stack of a connection thread: sessions keep their buffers on the heap.
 const CONNECTION_STACK: usize = 256 * 1024;
 
-/// Replies are flushed once this much is pending, even mid-read.
-const OUT_FLUSH: usize = 256 * 1024;
+/// Replies are flushed once this much is pending, even mid-read (and the event loop stops reading).
+pub(crate) const OUT_FLUSH: usize = 256 * 1024;
 
 /// How often a blocked read wakes up to check for shutdown, stalled frames and idleness.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
-struct Shared {
-    stopping: AtomicBool,
+pub(crate) struct Shared {
+    pub(crate) stopping: AtomicBool,
     conns: Mutex<HashMap<u64, TcpStream>>,
     next_conn: AtomicU64,
     wake_addr: SocketAddr,
@@ -130,8 +154,24 @@ impl Server {
         self.net.clone()
     }
 
-    /// Accepts and serves connections until shut down; then waits for connection threads to end.
+    /// Accepts and serves connections until shut down.
     pub fn run(self) -> io::Result<()> {
+        match self.config.io_model {
+            IoModel::Threads => self.run_threads(),
+            IoModel::EventLoop => crate::event_loop::EventLoop {
+                listener: self.listener,
+                store: self.store,
+                net: self.net,
+                shared: self.shared,
+                max_connections: self.config.max_connections,
+                frame_timeout: self.config.frame_timeout,
+            }
+            .run(),
+        }
+    }
+
+    /// Thread per connection; waits for connection threads to end on shutdown.
+    fn run_threads(self) -> io::Result<()> {
         let mut workers: Vec<JoinHandle<()>> = Vec::new();
         for incoming in self.listener.incoming() {
             if self.shared.stopping.load(Ordering::SeqCst) {
