@@ -1,29 +1,35 @@
-//! The event-loop front end: one thread, non-blocking sockets, readiness from `mio`.
+//! The single-threaded front end: non-blocking sockets, served in turn by one thread.
 //!
 //! Hermit 0.11 busy-polls the network inside every blocking socket call while TCP timers are near,
-//! so one thread per connection means every idle connection thread spins on the only vCPU (measured:
-//! ~100 page operations/s). Here a single thread waits in one `poll` and drives every connection
-//! through the same sans-IO core as the threaded server ([`FrameBuffer`], [`Session`],
-//! [`ReplyBuffer`]). It is the default on Hermit and available on Linux (`--io-model event-loop`),
-//! where the conformance suite runs against it too.
+//! so a thread per connection means every waiting connection thread spins on the only vCPU. Here one
+//! thread drives every connection through the same sans-IO core as the threaded server
+//! ([`FrameBuffer`], [`Session`], [`ReplyBuffer`]) with non-blocking reads and writes, and sleeps
+//! briefly (backing off to [`MAX_NAP`]) only after a pass in which no socket made progress.
+//!
+//! It deliberately avoids readiness APIs: on Hermit 0.11, mio's accept calls `fcntl(F_SETFD)`, which
+//! fails, and readiness after the first frame was not reported, while plain non-blocking std sockets
+//! work. It is the default on Hermit (few connections, one vCPU) and selectable on Linux
+//! (`--io-model event-loop`), where the conformance suite runs against it as well.
 
 use crate::framing::{FrameBuffer, ReplyBuffer};
 use crate::server::{Shared, OUT_FLUSH};
 use crate::session::Session;
 use crate::store::Store;
 use crate::NetCounters;
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const LISTENER: Token = Token(0);
-
-/// How often the loop wakes without events to check timeouts, shutdown and idle buffers.
+/// How often timeouts and idle buffers are checked.
 const TICK: Duration = Duration::from_millis(500);
+
+/// Longest sleep after an idle pass (bounds the latency an idle appliance adds to a new request).
+const MAX_NAP: Duration = Duration::from_millis(2);
+
+/// First sleep after an idle pass.
+const MIN_NAP: Duration = Duration::from_micros(50);
 
 struct Conn {
     stream: TcpStream,
@@ -33,15 +39,18 @@ struct Conn {
     last_progress: Instant,
 }
 
-/// What to do with a connection after driving it.
-enum Next {
-    Keep,
-    Close(anyhow::Error),
+/// Outcome of driving one connection.
+enum Drive {
+    /// Still open; whether any byte moved.
+    Open(bool),
+    /// Closed by the peer, cleanly.
     Closed,
+    /// Closed by us, for this reason.
+    Failed(anyhow::Error),
 }
 
 pub(crate) struct EventLoop {
-    pub(crate) listener: std::net::TcpListener,
+    pub(crate) listener: TcpListener,
     pub(crate) store: Arc<Store>,
     pub(crate) net: Arc<NetCounters>,
     pub(crate) shared: Arc<Shared>,
@@ -52,163 +61,170 @@ pub(crate) struct EventLoop {
 impl EventLoop {
     pub(crate) fn run(self) -> io::Result<()> {
         self.listener.set_nonblocking(true)?;
-        let mut listener = TcpListener::from_std(self.listener.try_clone()?);
-        let mut poll = Poll::new()?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut events = Events::with_capacity(256);
-        let mut conns: HashMap<Token, Conn> = HashMap::new();
-        let mut next_token = 1usize;
+        let mut conns: Vec<Conn> = Vec::new();
+        let mut nap = MIN_NAP;
         let mut last_sweep = Instant::now();
         while !self.shared.stopping.load(Ordering::SeqCst) {
-            if let Err(e) = poll.poll(&mut events, Some(TICK)) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept_all(&listener, &poll, &mut conns, &mut next_token),
-                    token => {
-                        let Some(conn) = conns.get_mut(&token) else { continue };
-                        match drive(conn, &self.net) {
-                            Next::Keep => {}
-                            end => self.close(&poll, &mut conns, token, end),
-                        }
+            let mut progress = self.accept_all(&mut conns);
+            let mut i = 0;
+            while i < conns.len() {
+                match drive(&mut conns[i], &self.net) {
+                    Drive::Open(p) => {
+                        progress |= p;
+                        i += 1;
+                    }
+                    end => {
+                        let conn = conns.swap_remove(i);
+                        self.closed(&conn, end);
                     }
                 }
             }
             if last_sweep.elapsed() >= TICK {
                 last_sweep = Instant::now();
-                self.sweep(&poll, &mut conns);
+                self.sweep(&mut conns);
+            }
+            if progress {
+                nap = MIN_NAP;
+            } else {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(MAX_NAP);
             }
         }
         tracing::info!(connections = conns.len(), "shutting down");
         Ok(())
     }
 
-    fn accept_all(&self, listener: &TcpListener, poll: &Poll, conns: &mut HashMap<Token, Conn>, next: &mut usize) {
+    /// Accepts every pending connection; returns whether there was any.
+    fn accept_all(&self, conns: &mut Vec<Conn>) -> bool {
+        let mut any = false;
         loop {
-            let (mut stream, peer) = match listener.accept() {
+            let (stream, peer) = match self.listener.accept() {
                 Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return any,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
-                    return;
+                    return any;
                 }
             };
+            any = true;
             if conns.len() >= self.max_connections {
-                tracing::warn!(limit = self.max_connections, "connection limit reached; closing new connection");
+                tracing::warn!(
+                    limit = self.max_connections,
+                    "connection limit reached; closing new connection"
+                );
+                continue;
+            }
+            if let Err(e) = stream.set_nonblocking(true) {
+                tracing::error!(error = %e, "cannot make a connection non-blocking");
                 continue;
             }
             let _ = stream.set_nodelay(true);
-            *next = next.wrapping_add(1).max(1);
-            let token = Token(*next);
-            if let Err(e) = poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
-                tracing::error!(error = %e, "cannot watch connection");
-                continue;
-            }
             tracing::debug!(%peer, "connected");
             self.net.connections.fetch_add(1, Ordering::Relaxed);
             self.net.connections_total.fetch_add(1, Ordering::Relaxed);
-            let session = Session::new(self.store.clone(), self.net.clone());
-            let conn = Conn {
+            conns.push(Conn {
                 stream,
-                session,
+                session: Session::new(self.store.clone(), self.net.clone()),
                 frames: FrameBuffer::default(),
                 out: ReplyBuffer::default(),
                 last_progress: Instant::now(),
-            };
-            conns.insert(token, conn);
+            });
         }
     }
 
-    fn close(&self, poll: &Poll, conns: &mut HashMap<Token, Conn>, token: Token, why: Next) {
-        if let Some(mut conn) = conns.remove(&token) {
-            let _ = poll.registry().deregister(&mut conn.stream);
-            let peer = conn.stream.peer_addr().ok();
-            match why {
-                Next::Close(e) => tracing::warn!(?peer, error = %e, "connection closed"),
-                _ => tracing::debug!(?peer, "disconnected"),
-            }
-            self.net.connections.fetch_sub(1, Ordering::Relaxed);
+    fn closed(&self, conn: &Conn, why: Drive) {
+        let peer = conn.stream.peer_addr().ok();
+        match why {
+            Drive::Failed(e) => tracing::warn!(?peer, error = %e, "connection closed"),
+            _ => tracing::debug!(?peer, "disconnected"),
         }
+        self.net.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Drops peers stalled mid-frame (or not reading replies) past the frame timeout, and gives idle
     /// connections' buffers back.
-    fn sweep(&self, poll: &Poll, conns: &mut HashMap<Token, Conn>) {
-        let stalled: Vec<Token> = conns
-            .iter_mut()
-            .filter_map(|(token, c)| {
-                let idle = c.last_progress.elapsed();
-                let waiting = c.frames.has_partial() || !c.out.pending().is_empty();
-                if waiting && idle >= self.frame_timeout {
-                    return Some(*token);
-                }
-                if !waiting && idle >= TICK {
-                    c.frames.shrink_if_idle();
-                    c.out.shrink_if_idle();
-                }
-                None
-            })
-            .collect();
-        for token in stalled {
-            self.net.malformed.fetch_add(1, Ordering::Relaxed);
-            let e = anyhow::anyhow!("peer stalled mid-frame for {:?}", self.frame_timeout);
-            self.close(poll, conns, token, Next::Close(e));
+    fn sweep(&self, conns: &mut Vec<Conn>) {
+        let mut i = 0;
+        while i < conns.len() {
+            let c = &mut conns[i];
+            let idle = c.last_progress.elapsed();
+            let waiting = c.frames.has_partial() || !c.out.pending().is_empty();
+            if waiting && idle >= self.frame_timeout {
+                self.net.malformed.fetch_add(1, Ordering::Relaxed);
+                let conn = conns.swap_remove(i);
+                let e = anyhow::anyhow!("peer stalled mid-frame for {:?}", self.frame_timeout);
+                self.closed(&conn, Drive::Failed(e));
+                continue;
+            }
+            if !waiting && idle >= TICK {
+                c.frames.shrink_if_idle();
+                c.out.shrink_if_idle();
+            }
+            i += 1;
         }
     }
 }
 
-/// Reads, handles and writes until the socket would block, or replies back up (TCP backpressure:
-/// stop reading until the peer takes what we owe it).
-fn drive(c: &mut Conn, net: &NetCounters) -> Next {
+/// Writes what is owed, then reads and handles what arrived, until neither moves. Stops reading while
+/// replies back up (TCP backpressure: the peer must take what we owe it first).
+fn drive(c: &mut Conn, net: &NetCounters) -> Drive {
+    let mut moved = false;
     loop {
+        let mut step = false;
         while !c.out.pending().is_empty() {
             match c.stream.write(c.out.pending()) {
-                Ok(0) => return Next::Close(anyhow::anyhow!("peer stopped accepting data")),
+                // Hermit reports a full send buffer as a zero-length write.
+                Ok(0) => break,
                 Ok(n) => {
                     net.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                     c.out.advance(n);
-                    c.last_progress = Instant::now();
+                    step = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Next::Close(e.into()),
+                Err(e) => return Drive::Failed(e.into()),
             }
         }
-        if c.out.pending().len() >= OUT_FLUSH {
-            return Next::Keep;
-        }
-        match c.stream.read(c.frames.spare()) {
-            Ok(0) if c.frames.has_partial() => return Next::Close(anyhow::anyhow!("peer disconnected mid-frame")),
-            Ok(0) => return Next::Closed,
-            Ok(n) => {
-                c.frames.commit(n);
-                c.last_progress = Instant::now();
-                net.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                loop {
-                    match c.frames.next_frame() {
-                        Ok(Some(frame)) => {
-                            if let Err(e) = c.session.handle_frame(frame, &mut c.out) {
-                                net.malformed.fetch_add(1, Ordering::Relaxed);
-                                return Next::Close(e.into());
+        if c.out.pending().len() < OUT_FLUSH {
+            match c.stream.read(c.frames.spare()) {
+                Ok(0) if c.frames.has_partial() => {
+                    return Drive::Failed(anyhow::anyhow!("peer disconnected mid-frame"));
+                }
+                Ok(0) => return Drive::Closed,
+                Ok(n) => {
+                    c.frames.commit(n);
+                    net.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    step = true;
+                    loop {
+                        match c.frames.next_frame() {
+                            Ok(Some(frame)) => {
+                                if let Err(e) = c.session.handle_frame(frame, &mut c.out) {
+                                    net.malformed.fetch_add(1, Ordering::Relaxed);
+                                    return Drive::Failed(e.into());
+                                }
                             }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            net.malformed.fetch_add(1, Ordering::Relaxed);
-                            return Next::Close(e.into());
+                            Ok(None) => break,
+                            Err(e) => {
+                                net.malformed.fetch_add(1, Ordering::Relaxed);
+                                return Drive::Failed(e.into());
+                            }
                         }
                     }
                 }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Drive::Failed(e.into()),
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Next::Keep;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Next::Close(e.into()),
         }
+        if !step {
+            if moved {
+                c.last_progress = Instant::now();
+            }
+            return Drive::Open(moved);
+        }
+        moved = true;
     }
 }

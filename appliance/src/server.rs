@@ -23,8 +23,8 @@ use std::time::Duration;
 pub enum IoModel {
     /// A thread per connection with blocking sockets: uses every core (default on Linux).
     Threads,
-    /// One thread, non-blocking sockets, readiness from poll/epoll (default on Hermit, whose blocking
-    /// socket calls busy-poll).
+    /// One thread serving every connection with non-blocking sockets (default on Hermit, whose
+    /// blocking socket calls busy-poll).
     EventLoop,
 }
 

@@ -11,7 +11,10 @@ use tmemctl::conformance::{run_all, Options};
 
 fn conforms(io_model: IoModel) {
     let app = TestAppliance::start_with(64 << 20, Duration::from_secs(2), io_model);
-    let opts = Options { frame_timeout: Duration::from_secs(2), idle_connections: 2000 };
+    let opts = Options {
+        frame_timeout: Duration::from_secs(2),
+        idle_connections: 2000,
+    };
     let label = format!("{io_model:?}");
     run_all(&app.target(), &opts, |name, r| {
         eprintln!("{label} {} {name}", if r.is_ok() { "ok  " } else { "FAIL" })

@@ -56,9 +56,23 @@ fn bench_verifies_every_page_single_and_batched() {
 
 #[test]
 fn bench_verifies_every_page_on_the_event_loop_server() {
-    let app = TestAppliance::start_with(256 << 20, Duration::from_secs(5), appliance::server::IoModel::EventLoop);
+    let app = TestAppliance::start_with(
+        256 << 20,
+        Duration::from_secs(5),
+        appliance::server::IoModel::EventLoop,
+    );
     let (ok, stdout, stderr) = tmemctl(&[
-        "--target", &app.target(), "bench", "--pages", "5000", "--threads", "4", "--depth", "16", "--batch", "8",
+        "--target",
+        &app.target(),
+        "bench",
+        "--pages",
+        "5000",
+        "--threads",
+        "4",
+        "--depth",
+        "16",
+        "--batch",
+        "8",
     ]);
     assert!(ok, "bench failed: {stderr}");
     assert_eq!(summary_value(&stdout, "mismatches"), "0");

@@ -20,7 +20,11 @@ impl TestAppliance {
             client_quota: None,
             raw_threshold: appliance::codec::DEFAULT_RAW_THRESHOLD,
         }));
-        let config = ServerConfig { max_connections: 4096, frame_timeout, io_model };
+        let config = ServerConfig {
+            max_connections: 4096,
+            frame_timeout,
+            io_model,
+        };
         let server = Server::bind("127.0.0.1:0", store, config).expect("bind 127.0.0.1:0");
         TestAppliance(server.spawn().expect("start appliance thread"))
     }
