@@ -116,7 +116,12 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
          mkswap + swapon /dev/kclient0, workload of {mib} MiB with verification",
         args.client_memory
     ));
-    let append = format!("tmem_test=swap tmem_target=10.0.2.2:{port} tmem_mib={mib} tmem_size=2G");
+    // Under TCG the Hermit VM's network path moves a few MiB/s (see docs/benchmarks.md): give
+    // kclient a longer I/O timeout than its 10 s default, so slowness is not mistaken for a dead
+    // appliance.
+    let append = format!(
+        "tmem_test=swap tmem_target=10.0.2.2:{port} tmem_mib={mib} tmem_size=2G tmem_timeout_ms=60000"
+    );
     let mut vm = boot_client("demo-client", &client, &args.client_memory, 2, &append)?;
 
     let mut view = ApplianceView::default();
