@@ -12,6 +12,7 @@ mod linux_initramfs;
 mod linux_kernel;
 mod paths;
 mod testing;
+mod vmbench;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -41,6 +42,9 @@ enum Verb {
     Demo(demo::DemoArgs),
     /// Side-by-side benchmarks; results go to docs/benchmarks.md.
     Bench(bench::BenchArgs),
+    /// Hermit appliance VM vs the same appliance as a Linux process in a Linux VM (QEMU TCG);
+    /// results go to docs/benchmarks.md.
+    VmBench(vmbench::VmBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -52,6 +56,7 @@ fn main() -> Result<()> {
         Verb::TestVm => testing::test_vm(),
         Verb::Fuzz(args) => testing::fuzz(&args),
         Verb::Bench(args) => bench::bench(&args),
+        Verb::VmBench(args) => vmbench::vm_bench(&args),
         Verb::Demo(args) => demo::demo(&args),
     }
 }

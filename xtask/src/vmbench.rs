@@ -1,0 +1,428 @@
+//! `cargo xtask vm-bench`: the Hermit appliance VM against the same appliance code running as a
+//! Linux process inside a minimal Linux VM, under QEMU TCG, in the same run.
+//!
+//! Both VMs get the same QEMU machine: `-accel tcg -cpu max`, the same `-smp` and `-m`, one
+//! `virtio-net-pci` NIC (modern only) on QEMU user networking with the appliance port forwarded to
+//! 127.0.0.1, and the same appliance arguments. The Linux VM boots the client kernel
+//! (`target/images/bzImage` from `cargo xtask client-image`) with an initramfs of its own:
+//! busybox-static, a static (musl) build of the appliance, and an `/init` that configures eth0
+//! (10.0.2.15/24, gateway 10.0.2.2) and runs the appliance. The client is the host's `tmemctl bench`
+//! (every page verified) in three shapes: round trips (1 page per request, 1 in flight), pipelined
+//! (16 in flight) and batched (BATCH frames of 16 pages, 4 in flight). The VMs alternate, each round
+//! boots each VM afresh, and medians and Hermit/Linux ratios go to `docs/benchmarks.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use qemu_tests::{free_port, hermit_command, run_bounded, wait_for_port, HermitImage, Qemu};
+
+use crate::linux_initramfs::Cpio;
+use crate::linux_kernel::{run, step};
+use crate::paths;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct VmBenchArgs {
+    /// Rounds (each boots both VMs once and runs every shape; medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Guest memory of both VMs (QEMU `-m`).
+    #[arg(long, default_value = "1G")]
+    vm_memory: String,
+    /// The appliance's `--memory` in both VMs.
+    #[arg(long, default_value = "512MiB")]
+    store: String,
+    /// vCPUs of both VMs.
+    #[arg(long, default_value_t = 1)]
+    smp: u32,
+    /// Multiplies the page counts (1.0: 1500 round-trip pages, 6000 pipelined, 16000 batched).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Only these shapes (comma-separated: rt, pipelined, batched).
+    #[arg(long, value_delimiter = ',')]
+    shapes: Vec<String>,
+    /// Extra Hermit kernel arguments (before `--`), to try kernel settings.
+    #[arg(long = "hermit-kernel-arg", allow_hyphen_values = true)]
+    hermit_kernel_args: Vec<String>,
+    /// Do not rewrite docs/benchmarks.md, only print.
+    #[arg(long)]
+    no_docs: bool,
+}
+
+/// One client shape: connections x requests in flight x pages per request.
+struct Shape {
+    name: &'static str,
+    what: &'static str,
+    pages: u64,
+    depth: usize,
+    batch: usize,
+}
+
+const SHAPES: [Shape; 3] = [
+    Shape {
+        name: "rt",
+        what: "round trips (1 page/request, 1 in flight)",
+        pages: 1500,
+        depth: 1,
+        batch: 1,
+    },
+    Shape {
+        name: "pipelined",
+        what: "pipelined (1 page/request, 16 in flight)",
+        pages: 6000,
+        depth: 16,
+        batch: 1,
+    },
+    Shape {
+        name: "batched",
+        what: "batched (16 pages/request, 4 in flight)",
+        pages: 16000,
+        depth: 4,
+        batch: 16,
+    },
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Vm {
+    Hermit,
+    Linux,
+}
+
+impl Vm {
+    fn label(self) -> &'static str {
+        match self {
+            Vm::Hermit => "Hermit",
+            Vm::Linux => "Linux",
+        }
+    }
+}
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const MUSL: &str = "x86_64-unknown-linux-musl";
+
+/// `cargo xtask vm-bench`: measures, prints the table, and writes it to docs/benchmarks.md.
+pub fn vm_bench(args: &VmBenchArgs) -> Result<()> {
+    let table = hermit_vs_linux(args)?;
+    println!("{table}");
+    if !args.no_docs {
+        crate::bench::write_docs_section("hermit-vs-linux", &table)?;
+        step("results written to docs/benchmarks.md (hermit-vs-linux section)");
+    }
+    Ok(())
+}
+
+/// Builds what is missing, runs the comparison, and returns the results as a markdown table.
+pub fn hermit_vs_linux(args: &VmBenchArgs) -> Result<String> {
+    ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    let images = paths::images_out();
+    let hermit = HermitImage {
+        loader: images.join("loader"),
+        appliance: images.join("appliance"),
+    };
+    if !hermit.loader.is_file() || !hermit.appliance.is_file() {
+        crate::testing::xtask(&["image"])?;
+    }
+    let bzimage = images.join("bzImage");
+    if !bzimage.is_file() {
+        crate::testing::xtask(&["client-image"])?;
+    }
+    step("building tmemctl (release) and the appliance as a static Linux binary (musl)");
+    run(cargo().args(["build", "--release", "-p", "tmemctl"]))?;
+    let initramfs = linux_appliance_initramfs()?;
+    let tmemctl = paths::repo_root().join("target/release/tmemctl");
+
+    let shapes: Vec<&Shape> = SHAPES
+        .iter()
+        .filter(|s| args.shapes.is_empty() || args.shapes.iter().any(|n| n == s.name))
+        .collect();
+    ensure!(!shapes.is_empty(), "no shape matches --shapes");
+    // (vm, shape) -> one summary per round.
+    let mut results: BTreeMap<(Vm, &str), Vec<BTreeMap<String, String>>> = BTreeMap::new();
+    for round in 0..args.rounds {
+        // Alternate which VM goes first, so drift on a shared machine hits both alike.
+        let order = if round % 2 == 0 {
+            [Vm::Hermit, Vm::Linux]
+        } else {
+            [Vm::Linux, Vm::Hermit]
+        };
+        for vm in order {
+            step(&format!(
+                "round {}/{}: {} VM",
+                round + 1,
+                args.rounds,
+                vm.label()
+            ));
+            let port = free_port();
+            let app_args = [
+                "--listen".to_string(),
+                format!("0.0.0.0:{port}"),
+                "--memory".to_string(),
+                args.store.clone(),
+                "--log-level".to_string(),
+                "warn".to_string(),
+            ];
+            let mut cmd = match vm {
+                Vm::Hermit => {
+                    let app: Vec<&str> = app_args.iter().map(String::as_str).collect();
+                    hermit_command_with_kernel_args(
+                        &hermit,
+                        &args.vm_memory,
+                        port,
+                        &app,
+                        &args.hermit_kernel_args,
+                    )
+                }
+                Vm::Linux => linux_command(&bzimage, &initramfs, &args.vm_memory, port, &app_args),
+            };
+            cmd.args(["-accel", "tcg", "-smp", &args.smp.to_string()]);
+            let name = format!("vmbench-{}", vm.label().to_lowercase());
+            let mut guest = Qemu::spawn(&name, cmd).context("starting QEMU")?;
+            let booted = guest
+                .wait_for_output("appliance listening on", BOOT_TIMEOUT)
+                .with_context(|| format!("{} VM did not start the appliance", vm.label()))?;
+            step(&format!(
+                "{} appliance listening after {booted:.1?}",
+                vm.label()
+            ));
+            let addr = format!("127.0.0.1:{port}");
+            wait_for_port(addr.parse()?, Duration::from_secs(30))?;
+            for shape in &shapes {
+                let pages = ((shape.pages as f64 * args.scale) as u64).max(16);
+                let summary = tmemctl_bench(&tmemctl, &addr, shape, pages)
+                    .with_context(|| format!("log {}", guest.log_path().display()))?;
+                eprintln!(
+                    "    {:<10} {:>9} ops/s {:>7} MiB/s p50 {:>8} us p99 {:>8} us",
+                    shape.name,
+                    get(&summary, "ops_s"),
+                    get(&summary, "mib_s"),
+                    get(&summary, "p50_us"),
+                    get(&summary, "p99_us"),
+                );
+                results.entry((vm, shape.name)).or_default().push(summary);
+            }
+            ensure!(
+                guest.is_running(),
+                "{} VM died; log {}",
+                vm.label(),
+                guest.log_path().display()
+            );
+            // The guard kills the VM here.
+        }
+    }
+    Ok(render(args, &shapes, &results))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(paths::repo_root());
+    c
+}
+
+fn get<'a>(summary: &'a BTreeMap<String, String>, key: &str) -> &'a str {
+    summary.get(key).map(String::as_str).unwrap_or("?")
+}
+
+/// The Hermit command line (see [`hermit_command`]) with extra kernel arguments before `--`.
+fn hermit_command_with_kernel_args(
+    image: &HermitImage,
+    memory: &str,
+    port: u16,
+    app_args: &[&str],
+    kernel_args: &[String],
+) -> Command {
+    let base = hermit_command(image, memory, port, app_args);
+    if kernel_args.is_empty() {
+        return base;
+    }
+    let append = format!("{} -- {}", kernel_args.join(" "), app_args.join(" "));
+    let mut args: Vec<std::ffi::OsString> = base.get_args().map(|a| a.to_owned()).collect();
+    if let Some(i) = args.iter().position(|a| a == "-append") {
+        args[i + 1] = append.into();
+    }
+    let mut cmd = Command::new(base.get_program());
+    cmd.args(args);
+    cmd
+}
+
+/// The Linux VM: same machine and NIC as [`hermit_command`], our initramfs, the appliance's
+/// arguments on the kernel command line (`tmem_args=` with commas for spaces).
+fn linux_command(
+    bzimage: &Path,
+    initramfs: &Path,
+    memory: &str,
+    port: u16,
+    app_args: &[String],
+) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-cpu", "max", "-m", memory])
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+        .arg("-no-reboot")
+        .arg("-kernel")
+        .arg(bzimage)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args([
+            "-append",
+            &format!(
+                "console=ttyS0 loglevel=3 panic=-1 tmem_args={}",
+                app_args.join(",")
+            ),
+        ])
+        .args([
+            "-netdev",
+            &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{port}"),
+            "-device",
+            "virtio-net-pci,netdev=n0,disable-legacy=on",
+        ]);
+    cmd
+}
+
+/// `/init` of the Linux appliance VM.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ip route add default via 10.0.2.2
+args=$(sed -n 's/.*tmem_args=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
+echo "vmbench: eth0 up, starting appliance $args"
+/bin/appliance $args
+echo "vmbench: appliance exited ($?)"
+poweroff -f
+"#;
+
+/// Builds the static appliance and the initramfs (`target/images/vmbench/appliance-initramfs.cpio.gz`).
+fn linux_appliance_initramfs() -> Result<PathBuf> {
+    run(Command::new("rustup").args(["target", "add", MUSL]))?;
+    run(cargo().args(["build", "--release", "-p", "appliance", "--target", MUSL]))?;
+    let appliance = paths::repo_root().join(format!("target/{MUSL}/release/appliance"));
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file());
+    let busybox = match busybox {
+        Some(b) => b,
+        None => {
+            crate::hermit_tools::ensure_apt_tool("busybox", "busybox-static")?;
+            PathBuf::from("/bin/busybox")
+        }
+    };
+    let dir = paths::images_out().join("vmbench");
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("appliance-initramfs.cpio.gz");
+    let mut cpio = Cpio::default();
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        cpio.dir(d);
+    }
+    cpio.char_dev("dev/console", 5, 1);
+    cpio.char_dev("dev/null", 1, 3);
+    cpio.file("init", 0o755, INIT.as_bytes());
+    cpio.file_from("bin/busybox", 0o755, &busybox)?;
+    cpio.file_from("bin/appliance", 0o755, &appliance)?;
+    cpio.write_gz(&out)?;
+    Ok(out)
+}
+
+/// One `tmemctl bench` run (1 connection); fails unless every page came back intact.
+fn tmemctl_bench(
+    tmemctl: &Path,
+    addr: &str,
+    shape: &Shape,
+    pages: u64,
+) -> Result<BTreeMap<String, String>> {
+    let mut cmd = Command::new(tmemctl);
+    cmd.args(["--target", addr, "bench", "--corpus", "synthetic"])
+        .args(["--pages", &pages.to_string(), "--threads", "1"])
+        .args(["--depth", &shape.depth.to_string()])
+        .args(["--batch", &shape.batch.to_string(), "--max-seconds", "300"]);
+    let start = Instant::now();
+    let out = run_bounded(cmd, Duration::from_secs(330))?;
+    if !out.status.success() {
+        bail!(
+            "tmemctl bench ({}) failed after {:.0?}: {}{}",
+            shape.name,
+            start.elapsed(),
+            out.stdout,
+            out.stderr
+        );
+    }
+    let summary = out.summary();
+    ensure!(
+        summary.get("mismatches").map(String::as_str) == Some("0"),
+        "pages came back wrong: {summary:?}"
+    );
+    Ok(summary)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn render(
+    args: &VmBenchArgs,
+    shapes: &[&Shape],
+    results: &BTreeMap<(Vm, &str), Vec<BTreeMap<String, String>>>,
+) -> String {
+    let med = |vm: Vm, shape: &str, key: &str| {
+        median(
+            results
+                .get(&(vm, shape))
+                .map(|runs| {
+                    runs.iter()
+                        .filter_map(|r| r.get(key)?.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    };
+    let mut t = format!(
+        "Command: `cargo xtask vm-bench --rounds {}` (QEMU TCG, `-cpu max -smp {} -m {}`, virtio-net-pci \
+         on user networking, appliance `--memory {}`; client: host `tmemctl bench`, 1 connection, \
+         synthetic corpus, every page verified; medians of {} rounds, VMs alternating, each booted \
+         afresh per round). Ratios are Hermit / Linux: above 1 means Hermit is faster (for p99: \
+         Linux p99 / Hermit p99).\n\n",
+        args.rounds, args.smp, args.vm_memory, args.store, args.rounds
+    );
+    t.push_str("| shape | pages | Hermit ops/s | Linux ops/s | **ops/s ratio** | Hermit MiB/s | Linux MiB/s | MiB/s ratio | Hermit p99 us | Linux p99 us | p99 ratio |\n");
+    t.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for s in shapes {
+        let (ho, lo) = (
+            med(Vm::Hermit, s.name, "ops_s"),
+            med(Vm::Linux, s.name, "ops_s"),
+        );
+        let (hm, lm) = (
+            med(Vm::Hermit, s.name, "mib_s"),
+            med(Vm::Linux, s.name, "mib_s"),
+        );
+        let (hp, lp) = (
+            med(Vm::Hermit, s.name, "p99_us"),
+            med(Vm::Linux, s.name, "p99_us"),
+        );
+        t.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.0} | **{:.2}x** | {:.2} | {:.2} | {:.2}x | {:.0} | {:.0} | {:.2}x |\n",
+            s.what,
+            (s.pages as f64 * args.scale).max(16.0),
+            ho,
+            lo,
+            ho / lo,
+            hm,
+            lm,
+            hm / lm,
+            hp,
+            lp,
+            lp / hp
+        ));
+    }
+    t.push_str(
+        "\nops/s counts puts and gets (each page put once and read back once). MiB/s is page data \
+         (4 KiB per page) moved per second over both phases.\n",
+    );
+    t
+}
