@@ -241,6 +241,14 @@ fn text_page(seed: u8) -> Vec<u8> {
     p
 }
 
+fn key(pool: u32, index: usize) -> PageKey {
+    PageKey {
+        pool,
+        object: [0; 3],
+        index: index as u32,
+    }
+}
+
 fn raw(data: &[u8]) -> Page<'_> {
     Page {
         encoding: Encoding::Raw,
@@ -284,11 +292,7 @@ fn round_trip(addr: &str, _: &Options) -> Result<()> {
     for (i, p) in pages.iter().enumerate().take(8) {
         c.expect(
             &Request::Put {
-                key: PageKey {
-                    pool,
-                    object: [0; 3],
-                    index: i as u32,
-                },
+                key: key(pool, i),
                 page: raw(p),
             },
             Status::Ok,
@@ -299,11 +303,7 @@ fn round_trip(addr: &str, _: &Options) -> Result<()> {
     for (i, p) in pages.iter().enumerate().skip(8) {
         w.push_request(
             &Request::Put {
-                key: PageKey {
-                    pool,
-                    object: [0; 3],
-                    index: i as u32,
-                },
+                key: key(pool, i),
                 page: raw(p),
             },
             0,
@@ -320,12 +320,7 @@ fn round_trip(addr: &str, _: &Options) -> Result<()> {
         "a batched put failed"
     );
     for (i, p) in pages.iter().enumerate() {
-        let key = PageKey {
-            pool,
-            object: [0; 3],
-            index: i as u32,
-        };
-        let (status, payload) = c.call(&Request::Get { key }, flags::ACCEPT_LZ4)?;
+        let (status, payload) = c.call(&Request::Get { key: key(pool, i) }, flags::ACCEPT_LZ4)?;
         ensure!(status == Status::Ok, "get {i}: {status}");
         let page = Page::parse(&payload).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut out = [0u8; PAGE_SIZE];
@@ -333,11 +328,7 @@ fn round_trip(addr: &str, _: &Options) -> Result<()> {
         ensure!(out[..] == p[..], "page {i} differs");
     }
     // Persistent gets keep the page; FLUSH_PAGE removes it.
-    let key = PageKey {
-        pool,
-        object: [0; 3],
-        index: 3,
-    };
+    let key = key(pool, 3);
     c.expect(&Request::Get { key }, Status::Ok)?;
     c.expect(&Request::FlushPage { key }, Status::Ok)?;
     c.expect(&Request::Get { key }, Status::NotFound)?;
