@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::linux_kernel::{run, step};
+use crate::host::{run, step};
 use crate::paths;
 use crate::testing::ensure_host_prerequisites;
 
@@ -24,6 +24,11 @@ pub struct BenchArgs {
     /// Do not rewrite docs/benchmarks.md, only print.
     #[arg(long)]
     no_docs: bool,
+    /// Run the swap benchmark instead (client VM: kclient vs NBD, zram, disk, all-in-RAM).
+    #[arg(long)]
+    swap: bool,
+    #[command(flatten)]
+    swap_args: crate::swapbench::SwapBenchArgs,
 }
 
 /// A server process that is killed when dropped.
@@ -169,6 +174,11 @@ impl Scenario {
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
+    if args.swap {
+        let mut swap = args.swap_args.clone();
+        swap.no_docs |= args.no_docs;
+        return crate::swapbench::run(&swap);
+    }
     ensure_host_prerequisites()?;
     step("building release binaries");
     run(

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::linux_kernel::step;
+use crate::host::step;
 use crate::testing::xtask;
 use qemu_tests::linux_vm::{boot_client, client_image, kernel_problems, parse_result};
 use qemu_tests::{free_port, hermit_image, wait_for_port, Qemu};

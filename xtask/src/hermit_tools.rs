@@ -13,10 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 /// The toolchain `hermit-kernel` 0.11.0's `rust-toolchain.toml` pins.
 pub const NIGHTLY: &str = "nightly-2025-03-15";
 
-/// Prints a progress line (to stderr, so stdout stays clean for callers that parse it).
-pub fn step(msg: &str) {
-    eprintln!("[xtask hermit] {msg}");
-}
+pub use crate::host::step;
 
 /// Removes the variables the outer `cargo run` sets, so the nested cargo picks its own toolchain
 /// and flags.
@@ -106,38 +103,7 @@ pub fn ensure_qemu() -> Result<()> {
     ensure_apt_tool("qemu-system-x86_64", "qemu-system-x86")
 }
 
-/// Installs `package` with apt-get if `program` is not on PATH (`apt-get update` first, once).
-pub fn ensure_apt_tool(program: &str, package: &str) -> Result<()> {
-    if which(program) {
-        return Ok(());
-    }
-    step(&format!("installing {package} (apt)"));
-    let apt = |args: &[&str]| -> Result<()> {
-        let status = Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .context("running apt-get")?;
-        ensure!(status.success(), "apt-get {} failed", args.join(" "));
-        Ok(())
-    };
-    static UPDATED: OnceLock<()> = OnceLock::new();
-    if UPDATED.get().is_none() {
-        apt(&["update"])?;
-        let _ = UPDATED.set(());
-    }
-    apt(&["install", "-y", "--no-install-recommends", package])?;
-    ensure!(
-        which(program),
-        "{program} still missing after apt-get install {package}"
-    );
-    Ok(())
-}
-
-fn which(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-}
+pub use crate::host::ensure_apt_tool;
 
 /// `images/hermit/patches/*.patch`, sorted: small fixes to the published kernel crate, each with a
 /// one-line reason at its top. The kernel builds without them; they only change behaviour.

@@ -9,14 +9,15 @@
 //! kbuild records absolute paths, so both directories must stay where they are; a finished build is
 //! marked with a `.tmem-built` stamp and a second run does nothing.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
 use crate::paths;
+
+// Kept at their old path for the modules that import them from here.
+pub use crate::host::{run, run_quiet, run_with_progress, step};
 
 /// The rustc the kernel and every module are built with (a module built by another rustc is rejected).
 pub const RUST_TOOLCHAIN: &str = "1.95.0";
@@ -88,22 +89,7 @@ fn path_with_cargo_bin() -> std::ffi::OsString {
 
 /// Installs what is missing: Debian packages, the pinned Rust toolchain, bindgen.
 pub fn ensure_host_tools() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|pkg| !dpkg_installed(pkg))
-        .collect();
-    if !missing.is_empty() {
-        step(&format!(
-            "installing Debian packages: {}",
-            missing.join(" ")
-        ));
-        let sudo = !is_root();
-        run(apt_command(sudo).arg("update").arg("-q"))?;
-        run(apt_command(sudo)
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing))?;
-    }
+    crate::host::apt_install(APT_PACKAGES)?;
 
     let have_toolchain = Command::new("rustup")
         .args([
@@ -160,34 +146,6 @@ fn bindgen_version_ok(version_output: &str) -> bool {
     };
     let parts: Vec<u32> = version.split('.').filter_map(|p| p.parse().ok()).collect();
     matches!(parts.as_slice(), [0, minor, ..] if *minor >= 65)
-}
-
-fn apt_command(sudo: bool) -> Command {
-    let mut cmd = if sudo {
-        let mut c = Command::new("sudo");
-        c.arg("apt-get");
-        c
-    } else {
-        Command::new("apt-get")
-    };
-    cmd.env("DEBIAN_FRONTEND", "noninteractive");
-    cmd
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-fn dpkg_installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
-        .unwrap_or(false)
 }
 
 /// Debian version of the kernel source package, made safe for a directory name.
@@ -334,70 +292,5 @@ fn check_config(config_path: &Path, fragment: &str) -> Result<()> {
             dropped.join("\n  ")
         );
     }
-    Ok(())
-}
-
-pub fn step(msg: &str) {
-    eprintln!("==> {msg}");
-}
-
-pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
-}
-
-/// Runs a command, showing its output only when it fails.
-pub fn run_quiet(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
-    if !out.status.success() {
-        eprint!("{}", String::from_utf8_lossy(&out.stdout));
-        eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        bail!("{cmd:?} failed: {}", out.status);
-    }
-    Ok(())
-}
-
-/// Runs a long build: stdout lines are counted and summarised periodically, stderr (warnings, errors)
-/// passes through, and the tail of stdout is shown on failure.
-pub fn run_with_progress(cmd: &mut Command, what: &str) -> Result<()> {
-    let start = Instant::now();
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {cmd:?}"))?;
-    let stdout = child.stdout.take().context("no stdout pipe")?;
-    let mut last_report = Instant::now();
-    let mut count = 0usize;
-    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap_or_default();
-        count += 1;
-        if tail.len() == 30 {
-            tail.pop_front();
-        }
-        tail.push_back(line);
-        if last_report.elapsed() >= Duration::from_secs(30) {
-            last_report = Instant::now();
-            eprintln!(
-                "    [{what} {:>4}s] {count} steps, now: {}",
-                start.elapsed().as_secs(),
-                tail.back().map(String::as_str).unwrap_or("").trim()
-            );
-        }
-    }
-    let status = child.wait()?;
-    if !status.success() {
-        for line in &tail {
-            eprintln!("    | {line}");
-        }
-        bail!("{what} build failed: {status}");
-    }
-    eprintln!(
-        "    [{what}] done in {}s ({count} steps)",
-        start.elapsed().as_secs()
-    );
     Ok(())
 }

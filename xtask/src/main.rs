@@ -7,10 +7,12 @@ mod demo;
 mod hermit;
 mod hermit_kernel;
 mod hermit_tools;
+mod host;
 mod linux;
 mod linux_initramfs;
 mod linux_kernel;
 mod paths;
+mod swapbench;
 mod testing;
 mod vmbench;
 

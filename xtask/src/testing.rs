@@ -4,8 +4,7 @@
 use anyhow::{Context, Result};
 use std::process::Command;
 
-use crate::hermit_tools::ensure_apt_tool;
-use crate::linux_kernel::{run, step};
+use crate::host::{ensure_apt_tool, run, step};
 use crate::paths;
 
 #[derive(clap::Args)]
