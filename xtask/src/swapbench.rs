@@ -1,0 +1,602 @@
+//! `cargo xtask bench --swap`: the same client VM and workloads swapping to kclient + the host-mode
+//! appliance, to the kernel's NBD driver + `qemu-nbd` (data in host RAM, `/dev/shm`), to zram, and
+//! to a virtio-blk disk (a host file), next to an all-in-RAM run (a VM big enough) as the lower
+//! bound. One VM boot per backend runs every workload x working-set size (guest side:
+//! `images/linux/initramfs/bench-swap.sh`), one after the other, so all numbers come from one run
+//! on the same (shared, TCG) machine and only ratios are reported. Results: a table in
+//! `docs/benchmarks.md` (section `swap-bench`), `docs/swap-bench.png` (time vs working set), and
+//! the raw rows in `target/swapbench/results.csv`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use qemu_tests::linux_vm::{client_command, parse_result, wait_exit, Appliance, ClientImage};
+use qemu_tests::Qemu;
+
+use crate::linux_kernel::{self, run as run_cmd, step};
+use crate::{linux_initramfs, paths};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct SwapBenchArgs {
+    /// Backends, in run order: ram (no swap, big VM), kclient, nbd, zram, disk; `-nozswap` after
+    /// kclient, nbd or disk turns zswap off (default: on in front of them).
+    #[arg(
+        long = "swap-backends",
+        value_delimiter = ',',
+        default_value = "ram,kclient,nbd,zram,disk"
+    )]
+    pub backends: Vec<String>,
+    /// Working-set sizes in MiB.
+    #[arg(
+        long = "swap-sizes",
+        value_delimiter = ',',
+        default_value = "128,256,512"
+    )]
+    pub sizes: Vec<u64>,
+    /// Workloads: seq (fill + sequential verify), rand (fill + verify in stride-7919 order), sort
+    /// (quicksort of 64-byte records, then verify).
+    #[arg(
+        long = "swap-workloads",
+        value_delimiter = ',',
+        default_value = "seq,rand,sort"
+    )]
+    pub workloads: Vec<String>,
+    /// RAM of the client VM (MiB) for every backend but `ram`.
+    #[arg(long = "swap-vm-mib", default_value_t = 256)]
+    pub vm_mib: u64,
+    /// vCPUs of the client VM.
+    #[arg(long = "swap-vm-cpus", default_value_t = 2)]
+    pub vm_cpus: u32,
+    /// Limit for one backend's VM (all its runs), seconds.
+    #[arg(long = "swap-vm-timeout", default_value_t = 2400)]
+    pub vm_timeout_s: u64,
+    /// Set by `cargo xtask bench --no-docs`: print only.
+    #[arg(skip)]
+    pub no_docs: bool,
+}
+
+/// One `TMEM-BENCH` line.
+#[derive(Clone, Debug)]
+struct Row {
+    backend: String,
+    workload: String,
+    mib: u64,
+    fields: BTreeMap<String, String>,
+}
+
+impl Row {
+    fn num(&self, key: &str) -> f64 {
+        self.fields
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+    fn ok(&self) -> bool {
+        self.fields.get("status").map(String::as_str) == Some("ok")
+    }
+}
+
+/// A host process (qemu-nbd) killed and reaped when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A file removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+pub fn run(args: &SwapBenchArgs) -> Result<()> {
+    let started = Instant::now();
+    let work = paths::repo_root().join("target/swapbench");
+    std::fs::create_dir_all(&work)?;
+    let image = prepare(&work)?;
+    let appliance_bin = paths::repo_root().join("target/release/appliance");
+
+    let mut rows = Vec::new();
+    for backend in &args.backends {
+        step(&format!("swap bench: backend {backend}"));
+        match run_backend(args, &image, &appliance_bin, &work, backend) {
+            Ok(mut r) => {
+                for row in &r {
+                    step(&format!(
+                        "  {} {} MiB: {} ms ({})",
+                        row.workload,
+                        row.mib,
+                        row.num("ms"),
+                        row.fields.get("status").map(String::as_str).unwrap_or("?")
+                    ));
+                }
+                rows.append(&mut r);
+            }
+            Err(e) => step(&format!("  backend {backend} failed: {e:#}")),
+        }
+    }
+    write_csv(&work.join("results.csv"), &rows)?;
+    let md = render(args, &rows, started.elapsed());
+    println!("{md}");
+    if !args.no_docs {
+        let png = paths::repo_root().join("docs/swap-bench.png");
+        match plot(&work, &png, args.vm_mib) {
+            Ok(()) => step(&format!("plot written to {}", png.display())),
+            Err(e) => step(&format!("plot failed: {e:#}")),
+        }
+        crate::bench::write_docs_section("swap-bench", &md)?;
+        step("results written to docs/benchmarks.md (section swap-bench)");
+    }
+    if rows.is_empty() {
+        bail!("no benchmark results");
+    }
+    Ok(())
+}
+
+/// Builds what the runs need: the client image (via `cargo xtask client-image` if missing), the
+/// release appliance, qemu-nbd, and this benchmark's own initramfs (the client scripts, every
+/// guest program, kclient.ko, zram.ko, nbd.ko) in `target/swapbench/`.
+fn prepare(work: &Path) -> Result<ClientImage> {
+    let root = paths::repo_root();
+    let images = paths::images_out();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    if !images.join("bzImage").exists() || !images.join("kclient.ko").exists() {
+        step("client image missing: cargo xtask client-image");
+        run_cmd(
+            Command::new(&cargo)
+                .args(["xtask", "client-image"])
+                .current_dir(&root),
+        )?;
+    }
+    if !root.join("target/release/appliance").exists() {
+        step("building the release appliance");
+        run_cmd(
+            Command::new(&cargo)
+                .args(["build", "--release", "-p", "appliance"])
+                .current_dir(&root),
+        )?;
+    }
+    if !have("qemu-nbd") {
+        step("installing qemu-utils (qemu-nbd)");
+        let mut apt = if is_root() {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        run_cmd(
+            apt.args(["install", "-y", "-q", "qemu-utils"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    let kernel = linux_kernel::ensure_kernel(2)?;
+
+    step("swap bench: guest programs and initramfs");
+    let bin_dir = work.join("bin");
+    std::fs::create_dir_all(&bin_dir)?;
+    let src_dir = root.join("images/linux/workload");
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(&src_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "c"))
+        .collect();
+    sources.sort();
+    let mut programs = Vec::new();
+    for src in sources {
+        let bin = bin_dir.join(src.file_stem().context("program name")?);
+        run_cmd(
+            Command::new("cc")
+                .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+                .arg(&bin)
+                .arg(&src),
+        )?;
+        programs.push(bin);
+    }
+    let mut modules = vec![images.join("kclient.ko")];
+    for extra in ["drivers/block/zram/zram.ko", "drivers/block/nbd.ko"] {
+        let path = kernel.build_dir.join(extra);
+        if !path.exists() {
+            bail!(
+                "{} missing: images/linux/kclient.config needs CONFIG_ZRAM=m and CONFIG_BLK_DEV_NBD=m",
+                path.display()
+            );
+        }
+        modules.push(path);
+    }
+    let initramfs = work.join("initramfs.cpio.gz");
+    let program_refs: Vec<&Path> = programs.iter().map(PathBuf::as_path).collect();
+    let module_refs: Vec<&Path> = modules.iter().map(PathBuf::as_path).collect();
+    linux_initramfs::build(
+        &linux_initramfs::Contents {
+            scripts: &root.join("images/linux/initramfs"),
+            busybox: Path::new(if Path::new("/bin/busybox").exists() {
+                "/bin/busybox"
+            } else {
+                "/usr/bin/busybox"
+            }),
+            programs: &program_refs,
+            modules: &module_refs,
+        },
+        &initramfs,
+    )?;
+    Ok(ClientImage {
+        bzimage: images.join("bzImage"),
+        initramfs,
+    })
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"))
+}
+
+/// One VM boot: the backend's server (if any), the VM, every workload x size; returns the rows.
+fn run_backend(
+    args: &SwapBenchArgs,
+    image: &ClientImage,
+    appliance_bin: &Path,
+    work: &Path,
+    backend: &str,
+) -> Result<Vec<Row>> {
+    let base = backend.trim_end_matches("-nozswap");
+    let max_mib = args.sizes.iter().copied().max().unwrap_or(256);
+    let memory = if base == "ram" {
+        // Everything fits: the largest working set plus room for the kernel and page cache.
+        format!("{}M", max_mib + 512)
+    } else {
+        format!("{}M", args.vm_mib)
+    };
+    // Swap space: enough for the largest working set with room to spare.
+    let swap_mib = (max_mib * 2).max(1024);
+    let mut append = format!(
+        "tmem_test=bench tmem_backend={backend} tmem_sizes={} tmem_workloads={} tmem_size={swap_mib}M \
+         tmem_timeout_ms=60000 tmem_run_timeout=1200",
+        join(&args.sizes),
+        args.workloads.join(",")
+    );
+    let mut _appliance = None;
+    let mut _server = None;
+    let mut _files = Vec::new();
+    let mut extra: Vec<String> = Vec::new();
+    match base {
+        "ram" | "zram" => {}
+        "kclient" => {
+            let a = Appliance::start(
+                &appliance_bin.to_path_buf(),
+                &format!("{}MiB", swap_mib * 2),
+            )
+            .context("starting the appliance")?;
+            append.push_str(&format!(" tmem_target=10.0.2.2:{}", a.port));
+            _appliance = Some(a);
+        }
+        "nbd" => {
+            let file = PathBuf::from(format!(
+                "/dev/shm/tmem-swapbench-{}.img",
+                std::process::id()
+            ));
+            sparse_file(&file, swap_mib)?;
+            _files.push(TempFile(file.clone()));
+            let port = qemu_tests::free_port();
+            let child = Command::new("qemu-nbd")
+                .args(["-f", "raw", "-b", "127.0.0.1", "-p", &port.to_string()])
+                .arg(&file)
+                .stdin(Stdio::null())
+                .spawn()
+                .context("starting qemu-nbd")?;
+            _server = Some(Killed(child));
+            qemu_tests::wait_for_port(
+                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_secs(20),
+            )
+            .context("qemu-nbd not listening")?;
+            // wait_for_port's probe connection used up nothing: qemu-nbd serves one client at a
+            // time and the probe closed before the handshake. Keep it serving anyway (-t is not
+            // set, so restart would be needed if it exited).
+            append.push_str(&format!(" tmem_target=10.0.2.2:{port}"));
+        }
+        "disk" => {
+            let file = work.join("swap-disk.img");
+            let _ = std::fs::remove_file(&file);
+            sparse_file(&file, swap_mib)?;
+            _files.push(TempFile(file.clone()));
+            extra.extend([
+                "-drive".into(),
+                format!(
+                    "file={},format=raw,if=virtio,cache=writeback",
+                    file.display()
+                ),
+            ]);
+        }
+        _ => bail!("unknown backend {backend}"),
+    }
+    let mut cmd = client_command(image, &memory, args.vm_cpus, &append);
+    cmd.args(&extra);
+    let mut vm = Qemu::spawn(&format!("swapbench-{backend}"), cmd)?;
+    let waited = vm.wait_for_output("TMEM-RESULT", Duration::from_secs(args.vm_timeout_s));
+    wait_exit(&mut vm, Duration::from_secs(60));
+    let log = vm.output();
+    drop(vm);
+    let _ = std::fs::write(work.join(format!("{backend}.log")), &log);
+    waited.with_context(|| {
+        format!("backend {backend}: no result (log target/swapbench/{backend}.log)")
+    })?;
+    let result = parse_result(&log).context("TMEM-RESULT")?;
+    if result.get("status").map(String::as_str) != Some("pass") {
+        step(&format!("  backend {backend}: status {result:?}"));
+    }
+    Ok(parse_rows(&log))
+}
+
+fn sparse_file(path: &Path, mib: u64) -> Result<()> {
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.set_len(mib << 20)?;
+    Ok(())
+}
+
+fn join(v: &[u64]) -> String {
+    v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn parse_rows(log: &str) -> Vec<Row> {
+    log.lines()
+        .filter_map(|l| l.split_once("TMEM-BENCH ").map(|(_, rest)| rest))
+        .map(|rest| {
+            let fields: BTreeMap<String, String> = rest
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+                .collect();
+            Row {
+                backend: fields.get("backend").cloned().unwrap_or_default(),
+                workload: fields.get("workload").cloned().unwrap_or_default(),
+                mib: fields.get("mib").and_then(|v| v.parse().ok()).unwrap_or(0),
+                fields,
+            }
+        })
+        .collect()
+}
+
+const CSV_KEYS: &[&str] = &[
+    "status",
+    "ms",
+    "pswpin",
+    "pswpout",
+    "zswpin",
+    "zswpout",
+    "net_tx",
+    "net_rx",
+    "kc_sent",
+    "kc_received",
+    "kc_requests",
+    "zram_compr",
+];
+
+fn write_csv(path: &Path, rows: &[Row]) -> Result<()> {
+    let mut s = String::from("backend,workload,mib");
+    for k in CSV_KEYS {
+        s.push(',');
+        s.push_str(k);
+    }
+    s.push('\n');
+    for r in rows {
+        s.push_str(&format!("{},{},{}", r.backend, r.workload, r.mib));
+        for k in CSV_KEYS {
+            s.push(',');
+            s.push_str(r.fields.get(*k).map(String::as_str).unwrap_or(""));
+        }
+        s.push('\n');
+    }
+    std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+}
+
+fn find<'a>(rows: &'a [Row], backend: &str, workload: &str, mib: u64) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.backend == backend && r.workload == workload && r.mib == mib && r.ok())
+}
+
+fn secs(r: Option<&Row>) -> String {
+    r.map(|r| format!("{:.1}", r.num("ms") / 1000.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn ratio(a: Option<&Row>, b: Option<&Row>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b.num("ms") > 0.0 => format!("{:.2}x", a.num("ms") / b.num("ms")),
+        _ => "-".into(),
+    }
+}
+
+fn mib(bytes: f64) -> String {
+    if bytes.is_nan() {
+        "-".into()
+    } else {
+        format!("{:.0}", bytes / 1048576.0)
+    }
+}
+
+fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> String {
+    let mut t = String::new();
+    let backends: Vec<&str> = args.backends.iter().map(String::as_str).collect();
+    let swap_backends: Vec<&str> = backends.iter().copied().filter(|b| *b != "ram").collect();
+    let _ = write!(
+        t,
+        "Command: `cargo xtask bench --swap` (sizes {} MiB, workloads {}, backends {}; took {} s). \
+         Client VM: our Linux 6.12 kernel, {} MiB RAM, {} vCPUs, QEMU TCG (no KVM) on a 2-core machine \
+         shared with other work, so absolute times are slow and noisy: compare ratios within this run only. \
+         The `ram` run boots the same VM with {} MiB so nothing swaps (the lower bound). Each backend is \
+         one VM boot running every workload x size in sequence (drop_caches between runs).\n\n",
+        join(&args.sizes),
+        args.workloads.join(","),
+        backends.join(","),
+        took.as_secs(),
+        args.vm_mib,
+        args.vm_cpus,
+        args.sizes.iter().max().copied().unwrap_or(0) + 512,
+    );
+    t.push_str(
+        "Backends: **kclient** = /dev/kclient0 -> host-mode appliance (`target/release/appliance`) at \
+         10.0.2.2 over QEMU user networking; **nbd** = the kernel's nbd driver (set up by our \
+         `tmem-nbd-client`, newstyle handshake + NBD_SET_SOCK/NBD_DO_IT) -> `qemu-nbd` serving a \
+         sparse file in /dev/shm (host RAM), same network path; **zram** = lzo-rle zram device inside \
+         the same 256 MiB guest; **disk** = virtio-blk backed by a sparse host file (cache=writeback: \
+         in practice the host page cache). zswap (lzo, zsmalloc, default 20% pool) is on in front of \
+         kclient, nbd and disk (the recommended deployment); `-nozswap` rows have it off. Workloads: \
+         **seq** = `tmem-workload MIB 1 SEED 1` (fill, then verify every page in order), **rand** = \
+         the same with stride 7919 (every verify read is a random swap-in), **sort** = `tmem-sort MIB` \
+         (quicksort of 64-byte records in place, then full verification). Every run verified its data.\n\n",
+    );
+    // Time table.
+    t.push_str("| workload | MiB | x VM RAM |");
+    for b in &backends {
+        let _ = write!(t, " {b} s |");
+    }
+    for b in &swap_backends {
+        let _ = write!(t, " {b} / ram |");
+    }
+    t.push_str(" kclient / nbd |\n|---|---|---|");
+    for _ in 0..(backends.len() + swap_backends.len() + 1) {
+        t.push_str("---|");
+    }
+    t.push('\n');
+    for w in &args.workloads {
+        for &m in &args.sizes {
+            let _ = write!(t, "| {w} | {m} | {:.1} |", m as f64 / args.vm_mib as f64);
+            let ram = find(rows, "ram", w, m);
+            for b in &backends {
+                let _ = write!(t, " {} |", secs(find(rows, b, w, m)));
+            }
+            for b in &swap_backends {
+                let _ = write!(t, " {} |", ratio(find(rows, b, w, m), ram));
+            }
+            let _ = writeln!(
+                t,
+                " **{}** |",
+                ratio(find(rows, "kclient", w, m), find(rows, "nbd", w, m))
+            );
+        }
+    }
+    // Traffic table.
+    t.push_str(
+        "\nPages moved (guest /proc/vmstat deltas: pswpout/pswpin reach the swap device, zswpout are \
+         pages zswap kept compressed in guest RAM) and bytes on the guest's NIC (eth0 tx+rx; kclient's \
+         own counters in brackets):\n\n| workload | MiB | backend | pswpout | pswpin | zswpout | wire MiB tx | wire MiB rx | wire bytes per swapped page | kclient requests |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for w in &args.workloads {
+        for &m in &args.sizes {
+            for b in &swap_backends {
+                let Some(r) = find(rows, b, w, m) else {
+                    continue;
+                };
+                let pages = r.num("pswpout") + r.num("pswpin");
+                let wire = r.num("net_tx") + r.num("net_rx");
+                let per_page = if pages > 0.0 && wire > 0.0 {
+                    format!("{:.0}", wire / pages)
+                } else {
+                    "-".into()
+                };
+                let (tx, rx) = if b.starts_with("kclient") {
+                    (
+                        format!("{} ({})", mib(r.num("net_tx")), mib(r.num("kc_sent"))),
+                        format!("{} ({})", mib(r.num("net_rx")), mib(r.num("kc_received"))),
+                    )
+                } else {
+                    (mib(r.num("net_tx")), mib(r.num("net_rx")))
+                };
+                let reqs = if b.starts_with("kclient") {
+                    format!("{:.0}", r.num("kc_requests"))
+                } else {
+                    "-".into()
+                };
+                let _ = writeln!(
+                    t,
+                    "| {w} | {m} | {b} | {:.0} | {:.0} | {:.0} | {tx} | {rx} | {per_page} | {reqs} |",
+                    r.num("pswpout"),
+                    r.num("pswpin"),
+                    r.num("zswpout"),
+                );
+            }
+        }
+    }
+    let failed: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.ok())
+        .map(|r| format!("{} {} {} MiB", r.backend, r.workload, r.mib))
+        .collect();
+    if !failed.is_empty() {
+        let _ = writeln!(
+            t,
+            "\nFailed or timed-out runs (not in the tables): {}.",
+            failed.join(", ")
+        );
+    }
+    t.push_str("\n![swap benchmark: time vs working set](swap-bench.png)\n");
+    t
+}
+
+const PLOT_PY: &str = r#"
+import csv, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["status"] == "ok"]
+workloads = sorted({r["workload"] for r in rows}, key=["seq", "rand", "sort"].index)
+backends = list(dict.fromkeys(r["backend"] for r in rows))
+fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 4), squeeze=False)
+for ax, w in zip(axes[0], workloads):
+    for b in backends:
+        pts = sorted((int(r["mib"]), int(r["ms"]) / 1000) for r in rows if r["workload"] == w and r["backend"] == b)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=b)
+    ax.set_title(w)
+    ax.set_xlabel("working set (MiB; VM has %s MiB)" % sys.argv[3])
+    ax.set_ylabel("completion time (s, QEMU TCG)")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+fig.suptitle("tmem swap benchmark: completion time vs working set (same run)")
+fig.tight_layout()
+fig.savefig(sys.argv[2], dpi=90)
+"#;
+
+/// Draws `png` from `work/results.csv` with matplotlib (installed with pip if missing).
+fn plot(work: &Path, png: &Path, vm_mib: u64) -> Result<()> {
+    let python = "python3";
+    let has_mpl = Command::new(python)
+        .args(["-c", "import matplotlib"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_mpl {
+        step("installing matplotlib (pip)");
+        run_cmd(Command::new(python).args(["-m", "pip", "install", "-q", "matplotlib"]))?;
+    }
+    let script = work.join("plot.py");
+    std::fs::write(&script, PLOT_PY)?;
+    run_cmd(
+        Command::new(python)
+            .arg(&script)
+            .arg(work.join("results.csv"))
+            .arg(png)
+            .arg(vm_mib.to_string()),
+    )
+}
