@@ -46,6 +46,13 @@ pub struct VmBenchArgs {
     /// Extra Hermit kernel arguments (before `--`), to try kernel settings.
     #[arg(long = "hermit-kernel-arg", allow_hyphen_values = true)]
     hermit_kernel_args: Vec<String>,
+    /// Directory with the Hermit `loader` and `appliance` (default: target/images), e.g. a
+    /// variant with an experimental kernel patch.
+    #[arg(long)]
+    hermit_images: Option<PathBuf>,
+    /// Only these VMs (comma-separated: hermit, linux), e.g. to compare Hermit variants quickly.
+    #[arg(long, value_delimiter = ',')]
+    vms: Vec<String>,
     /// Do not rewrite docs/benchmarks.md, only print.
     #[arg(long)]
     no_docs: bool,
@@ -117,11 +124,17 @@ pub fn vm_bench(args: &VmBenchArgs) -> Result<()> {
 pub fn hermit_vs_linux(args: &VmBenchArgs) -> Result<String> {
     ensure!(args.rounds >= 1, "--rounds must be at least 1");
     let images = paths::images_out();
+    let hermit_dir = args.hermit_images.clone().unwrap_or_else(|| images.clone());
     let hermit = HermitImage {
-        loader: images.join("loader"),
-        appliance: images.join("appliance"),
+        loader: hermit_dir.join("loader"),
+        appliance: hermit_dir.join("appliance"),
     };
     if !hermit.loader.is_file() || !hermit.appliance.is_file() {
+        ensure!(
+            args.hermit_images.is_none(),
+            "no Hermit image in {}",
+            hermit_dir.display()
+        );
         crate::testing::xtask(&["image"])?;
     }
     let bzimage = images.join("bzImage");
@@ -148,6 +161,10 @@ pub fn hermit_vs_linux(args: &VmBenchArgs) -> Result<String> {
             [Vm::Linux, Vm::Hermit]
         };
         for vm in order {
+            if !args.vms.is_empty() && !args.vms.iter().any(|v| v.eq_ignore_ascii_case(vm.label()))
+            {
+                continue;
+            }
             step(&format!(
                 "round {}/{}: {} VM",
                 round + 1,
