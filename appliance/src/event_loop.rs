@@ -31,6 +31,9 @@ const MAX_NAP: Duration = Duration::from_millis(2);
 /// First sleep after an idle pass.
 const MIN_NAP: Duration = Duration::from_micros(50);
 
+/// Reads per connection per pass: a busy connection must not starve the others.
+const READS_PER_PASS: usize = 4;
+
 struct Conn {
     stream: TcpStream,
     session: Session,
@@ -165,11 +168,12 @@ impl EventLoop {
     }
 }
 
-/// Writes what is owed, then reads and handles what arrived, until neither moves. Stops reading while
-/// replies back up (TCP backpressure: the peer must take what we owe it first).
+/// Writes what is owed, then reads and handles what arrived, until neither moves or the connection
+/// had its share of this pass. Stops reading while replies back up (TCP backpressure: the peer must
+/// take what we owe it first).
 fn drive(c: &mut Conn, net: &NetCounters) -> Drive {
     let mut moved = false;
-    loop {
+    for _ in 0..READS_PER_PASS {
         let mut step = false;
         while !c.out.pending().is_empty() {
             match c.stream.write(c.out.pending()) {
@@ -220,11 +224,12 @@ fn drive(c: &mut Conn, net: &NetCounters) -> Drive {
             }
         }
         if !step {
-            if moved {
-                c.last_progress = Instant::now();
-            }
-            return Drive::Open(moved);
+            break;
         }
         moved = true;
     }
+    if moved {
+        c.last_progress = Instant::now();
+    }
+    Drive::Open(moved)
 }

@@ -76,6 +76,10 @@ pub const CASES: &[Case] = &[
         run: fresh_nonces,
     },
     Case {
+        name: "a flooding connection does not starve another",
+        run: busy_neighbour,
+    },
+    Case {
         name: "idle connections do not block service",
         run: idle_connections,
     },
@@ -658,6 +662,71 @@ fn stall_mid_frame(addr: &str, opts: &Options) -> Result<()> {
     ensure!(
         staller.closed_within(limit)?,
         "a peer stalled mid-frame was not dropped within {limit:?}"
+    );
+    Ok(())
+}
+
+/// One connection keeps many puts in flight for a while; meanwhile another client's requests must
+/// still be answered promptly.
+fn busy_neighbour(addr: &str, _: &Options) -> Result<()> {
+    let addr_owned = addr.to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_flood = stop.clone();
+    let flood = std::thread::spawn(move || -> Result<u64> {
+        let mut c = Conn::hello(&addr_owned, client_id(15))?;
+        let pool = c.new_pool()?;
+        let data = text_page(9);
+        let mut buf = vec![0u8; MAX_FRAME];
+        let (mut sent, mut done) = (0u64, 0u64);
+        let start = Instant::now();
+        // Batches of 64 pages, 16 in flight: more than the appliance can compress as fast as it
+        // arrives, so this connection always has input waiting. Bounded: 10 s, 20k frames.
+        while !stop_flood.load(std::sync::atomic::Ordering::SeqCst)
+            && start.elapsed() < Duration::from_secs(10)
+            && sent < 20_000
+        {
+            while sent - done < 16 {
+                let mut w = BatchWriter::new(&mut buf)?;
+                for i in 0..MAX_BATCH {
+                    w.push_request(
+                        &Request::Put {
+                            key: key(pool, i),
+                            page: raw(&data),
+                        },
+                        0,
+                    )?;
+                }
+                let n = w.finish_request(sent + 1, 0)?;
+                c.send_raw(&buf[..n])?;
+                sent += 1;
+            }
+            c.recv()?;
+            done += 1;
+        }
+        while done < sent {
+            c.recv()?;
+            done += 1;
+        }
+        close_pool(&mut c, pool)?;
+        Ok(done)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut worst = Duration::ZERO;
+    let mut other = Conn::hello(addr, client_id(16))?;
+    for _ in 0..5 {
+        let t = Instant::now();
+        other.expect(&Request::Stats, Status::Ok)?;
+        worst = worst.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let flooded = flood
+        .join()
+        .map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
+    ensure!(flooded > 0, "the flooding connection made no progress");
+    ensure!(
+        worst < Duration::from_secs(2),
+        "a request waited {worst:?} behind a busy connection"
     );
     Ok(())
 }
