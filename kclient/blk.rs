@@ -78,6 +78,9 @@ const ACTIVE: u64 = 1 << 31;
 const GEN_SHIFT: u32 = 32;
 /// Generations are 24 bits so (generation, queue, tag, page) fits a 64-bit wire request id.
 pub(crate) const GEN_MASK: u32 = 0x00ff_ffff;
+/// Most parts (pages) one request may be split into: each part is answered at most once.
+pub(crate) const MAX_PARTS: u32 = 256;
+const PART_WORDS: usize = (MAX_PARTS / 64) as usize;
 
 static NEXT_GEN: AtomicU32 = AtomicU32::new(1);
 
@@ -98,6 +101,19 @@ struct Pdu {
     status: AtomicU32,
     owner: AtomicU32,
     start_ns: AtomicU64,
+    /// Number of parts (see [`Inflight::set_pending`]).
+    parts: AtomicU32,
+    /// One bit per part that has been answered ([`Inflight::claim_part`]).
+    claimed: [AtomicU64; PART_WORDS],
+}
+
+impl Pdu {
+    fn reset_parts(&self, parts: u32) {
+        for w in &self.claimed {
+            w.store(0, Ordering::Relaxed);
+        }
+        self.parts.store(parts, Ordering::Release);
+    }
 }
 
 /// A reference to a started, not yet completed request. While it exists the request is not
@@ -161,9 +177,26 @@ impl Inflight<'_> {
         self.pdu().owner.load(Ordering::Relaxed)
     }
 
-    /// How many [`Inflight::page_done`] calls finish the request successfully.
+    /// How many [`Inflight::page_done`] calls finish the request successfully; at most
+    /// [`MAX_PARTS`]. Parts `0..parts` may each be claimed once ([`Inflight::claim_part`]).
     pub(crate) fn set_pending(&self, parts: u32) {
+        self.pdu().reset_parts(parts.min(MAX_PARTS));
         self.pdu().remaining.store(parts, Ordering::Release);
+    }
+
+    /// Claims part `part` for completion: true the first time for a part the request has, false
+    /// for a part out of range or one already answered (a duplicate or forged reply must not
+    /// complete a request whose other parts were never answered).
+    pub(crate) fn claim_part(&self, part: u32) -> bool {
+        let pdu = self.pdu();
+        if part >= pdu.parts.load(Ordering::Acquire) {
+            return false;
+        }
+        let Some(word) = pdu.claimed.get((part / 64) as usize) else {
+            return false;
+        };
+        let bit = 1u64 << (part % 64);
+        word.fetch_or(bit, Ordering::AcqRel) & bit == 0
     }
 
     /// One part finished; the last one finishes the request (with `Ok` unless it failed meanwhile).
@@ -427,6 +460,8 @@ unsafe extern "C" fn init_request_cb(
             status: AtomicU32::new(0),
             owner: AtomicU32::new(0),
             start_ns: AtomicU64::new(0),
+            parts: AtomicU32::new(0),
+            claimed: [const { AtomicU64::new(0) }; PART_WORDS],
         })
     };
     0
@@ -461,6 +496,7 @@ unsafe extern "C" fn queue_rq_cb<T: Driver>(
     // SAFETY: see `TagSet::acquire`.
     let pdu = unsafe { &*bindings::blk_mq_rq_to_pdu(rq.as_ptr()).cast::<Pdu>() };
     pdu.remaining.store(0, Ordering::Relaxed);
+    pdu.reset_parts(0);
     pdu.status.store(0, Ordering::Relaxed);
     pdu.owner.store(0, Ordering::Relaxed);
     pdu.start_ns.store(now_ns(), Ordering::Relaxed);

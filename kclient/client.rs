@@ -558,6 +558,25 @@ impl Client {
             stats::inc(&STATS.stale_replies);
             return;
         }
+        // The reply must answer the operation we sent (a FLUSH_PAGE "done" is no PUT "done").
+        let expected = match rq.op() {
+            Op::Write => protocol::Opcode::PutPage,
+            Op::Read => protocol::Opcode::GetPage,
+            Op::Discard => protocol::Opcode::FlushPage,
+            Op::Flush | Op::Other(_) => {
+                stats::inc(&STATS.protocol_errors);
+                rq.fail(blk::Status::IoErr);
+                return;
+            }
+        };
+        // Each part of the request is answered once: an id with a part the request does not have,
+        // or a second answer for a part, is a protocol error (it must not complete the request
+        // while other parts are unanswered, nor mark pages outside the request as stored).
+        if h.opcode != expected as u8 || !rq.claim_part(part) {
+            stats::inc(&STATS.protocol_errors);
+            rq.fail(blk::Status::IoErr);
+            return;
+        }
         let index = rq.sector() / 8 + u64::from(part);
         let reply = Reply::parse(h.opcode, h.status, body);
         match (rq.op(), reply) {
@@ -654,7 +673,7 @@ impl Client {
         }
         let first = sector / 8;
         let pages = bytes / PAGE_SIZE as u64;
-        if first + pages > self.cfg_pages || pages > 0xffff {
+        if first + pages > self.cfg_pages || pages > u64::from(blk::MAX_PARTS) {
             return Err(blk::Status::IoErr);
         }
         if pages == 0 {
@@ -684,7 +703,8 @@ impl Client {
             let sent = match op {
                 Op::Read if !self.is_stored(index) => {
                     bufs.page.fill(0);
-                    if !rq.copy_in(offset, &bufs.page) {
+                    // Claimed like a reply: a forged reply for this part cannot also count.
+                    if !rq.claim_part(part as u32) || !rq.copy_in(offset, &bufs.page) {
                         return Err(blk::Status::IoErr);
                     }
                     stats::inc(&STATS.pages_loaded_zero);
@@ -791,7 +811,11 @@ fn decode_page(p: &Page<'_>, out: &mut [u8; PAGE_SIZE]) -> Result {
     match p.encoding {
         Encoding::Raw => out.copy_from_slice(p.data.get(..PAGE_SIZE).ok_or(eproto())?),
         Encoding::Fill => Page::expand_fill(p.fill_word().ok_or(eproto())?, out),
-        Encoding::Lz4 => return Err(eproto()),
+        Encoding::Lz4 => {
+            // Never requested (no ACCEPT_LZ4): the appliance does not follow the protocol.
+            stats::inc(&STATS.protocol_errors);
+            return Err(eproto());
+        }
     }
     if crc32c(out) != p.crc {
         stats::inc(&STATS.checksum_errors);

@@ -9,6 +9,7 @@
 //!   the real test command (`cargo xtask test-vm`) builds them first and sets `TMEM_REQUIRE_VM=1`,
 //!   which turns every such SKIP into a failure, so a broken build cannot pass as skipped tests.
 
+pub mod evil_appliance;
 pub mod linux_vm;
 
 use std::fs::File;

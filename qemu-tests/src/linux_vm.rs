@@ -19,7 +19,7 @@ pub struct ClientImage {
     pub initramfs: PathBuf,
 }
 
-/// The client image, or `None` after printing a SKIP line naming what is missing.
+/// The client image, or `None` after [`crate::skip`] named what is missing.
 pub fn client_image(test: &str) -> Option<ClientImage> {
     let dir = images_dir();
     let image = ClientImage {
@@ -28,16 +28,20 @@ pub fn client_image(test: &str) -> Option<ClientImage> {
     };
     for path in [&image.bzimage, &image.initramfs] {
         if !path.is_file() {
-            eprintln!(
-                "SKIP {test}: {} missing (run `cargo xtask client-image`, or set TMEM_IMAGES)",
-                path.display()
+            crate::skip(
+                test,
+                &format!(
+                    "{} missing (run `cargo xtask client-image`, or set TMEM_IMAGES)",
+                    path.display()
+                ),
             );
             return None;
         }
     }
     if !qemu_available() {
-        eprintln!(
-            "SKIP {test}: qemu-system-x86_64 not found (cargo xtask client-image installs it)"
+        crate::skip(
+            test,
+            "qemu-system-x86_64 not found (cargo xtask client-image installs it)",
         );
         return None;
     }
@@ -92,7 +96,10 @@ pub fn appliance_binary(test: &str) -> Option<PathBuf> {
             return Some(path);
         }
     }
-    eprintln!("SKIP {test}: appliance binary missing (run `cargo build -p appliance`)");
+    crate::skip(
+        test,
+        "appliance binary missing (run `cargo build -p appliance`)",
+    );
     None
 }
 

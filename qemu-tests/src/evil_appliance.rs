@@ -1,0 +1,714 @@
+//! A malicious appliance for the kclient robustness test (`tests/kclient_evil.rs`).
+//!
+//! It listens on `127.0.0.1` (the guest reaches it as `10.0.2.2:PORT`), answers HELLO and NEW_POOL
+//! correctly, so `insmod` succeeds, and then misbehaves on page requests according to its [`Mode`].
+//! To exercise the read path (kclient only asks for pages it stored), puts of pages with an index
+//! below [`GOOD_PAGES`] are accepted and remembered honestly; puts of higher pages and every get
+//! get the mode's treatment. [`Mode::Honest`] behaves correctly throughout (the control).
+//!
+//! Every connection runs on its own thread; all of them stop when the [`EvilAppliance`] is dropped
+//! or after [`MAX_LIFETIME`], whichever comes first. Only 127.0.0.1 is ever used.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use protocol::{
+    crc32c, flags, frame_len, Encoding, Header, HelloReply, Opcode, Page, Reply, Request, Status,
+    HEADER_LEN, MAX_PAYLOAD, PAGE_SIZE,
+};
+
+/// Pages with an index below this are stored and answered honestly (the "good" pages).
+pub const GOOD_PAGES: u32 = 8;
+/// Hard bound on how long a server (and each of its connections) lives.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+/// Request id kclient uses for control operations (HELLO, NEW_POOL, DESTROY_POOL).
+const CONTROL_ID: u64 = u64::MAX;
+
+/// How the appliance misbehaves on page requests (gets, and puts of pages >= [`GOOD_PAGES`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Correct answers throughout: the control case.
+    Honest,
+    /// (a) Bytes that are not a frame (bad magic, bad version, a request instead of a reply).
+    Garbage,
+    /// (b) A reply header and part of its payload, then the connection is closed.
+    Truncated,
+    /// (c) A reply header whose payload length is over the protocol maximum, or over what a page
+    /// reply can be.
+    Oversized,
+    /// (d) Replies with unknown ids (other generation, tag, queue) and with an out-of-range page
+    /// part; the real request is never answered.
+    WrongId,
+    /// (d) Every part of a multi-page request is answered as part 0 (duplicate replies); a
+    /// single-page request gets a correct answer.
+    Duplicate,
+    /// (e) Well-framed but wrong replies: for gets a bad CRC, a wrong length, an unknown
+    /// encoding, LZ4 nobody asked for, the wrong opcode; for puts a FLUSH_PAGE "done".
+    BadReply,
+    /// (f) STATS and BATCH replies nobody asked for, before every answer and instead of it.
+    Unsolicited,
+    /// (g) Page requests are read but never answered.
+    Stall,
+}
+
+impl Mode {
+    /// Every mode, control first.
+    pub const ALL: [Mode; 9] = [
+        Mode::Honest,
+        Mode::Garbage,
+        Mode::Truncated,
+        Mode::Oversized,
+        Mode::WrongId,
+        Mode::Duplicate,
+        Mode::BadReply,
+        Mode::Unsolicited,
+        Mode::Stall,
+    ];
+
+    /// Name used on the kernel command line and in the guest's result lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Honest => "honest",
+            Mode::Garbage => "garbage",
+            Mode::Truncated => "truncated",
+            Mode::Oversized => "oversized",
+            Mode::WrongId => "wrongid",
+            Mode::Duplicate => "duplicate",
+            Mode::BadReply => "badreply",
+            Mode::Unsolicited => "unsolicited",
+            Mode::Stall => "stall",
+        }
+    }
+
+    /// The mode called `name`.
+    pub fn from_name(name: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// What the server saw and did (for the host test's diagnostics).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub connections: AtomicU64,
+    pub requests: AtomicU64,
+    pub misbehaved: AtomicU64,
+}
+
+/// A running malicious appliance; stops (and joins its threads) on drop.
+pub struct EvilAppliance {
+    mode: Mode,
+    port: u16,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EvilAppliance {
+    /// Starts a server for `mode` on a free port of 127.0.0.1.
+    pub fn start(mode: Mode) -> io::Result<EvilAppliance> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let shared = Arc::new(Shared {
+            mode,
+            stop: stop.clone(),
+            counters: counters.clone(),
+            pages: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
+            started: Instant::now(),
+        });
+        let thread = std::thread::Builder::new()
+            .name(format!("evil-{}", mode.name()))
+            .spawn(move || accept_loop(listener, shared))?;
+        Ok(EvilAppliance {
+            mode,
+            port,
+            stop,
+            counters,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+impl Drop for EvilAppliance {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Pages stored by honest puts: (pool, index) -> (crc, data).
+type PageStore = HashMap<(u32, u32), (u32, Vec<u8>)>;
+
+struct Shared {
+    mode: Mode,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    pages: Mutex<PageStore>,
+    /// Drives the variants that cycle (garbage kinds, bad replies, ...).
+    seq: AtomicU64,
+    started: Instant,
+}
+
+impl Shared {
+    fn done(&self) -> bool {
+        self.stop.load(Ordering::Acquire) || self.started.elapsed() > MAX_LIFETIME
+    }
+
+    fn next(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    while !shared.done() {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+                let s = shared.clone();
+                if let Ok(t) =
+                    std::thread::Builder::new()
+                        .name("evil-conn".into())
+                        .spawn(move || {
+                            let _ = serve(stream, &s);
+                        })
+                {
+                    conns.push(t);
+                }
+                // Bounded: finished connection threads are reaped as we go.
+                conns.retain(|t| !t.is_finished());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    for t in conns {
+        let _ = t.join();
+    }
+}
+
+/// What to do with the connection after handling a request.
+enum Next {
+    Continue,
+    Close,
+}
+
+fn serve(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_nodelay(true)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(2 * protocol::MAX_FRAME);
+    let mut chunk = vec![0u8; 64 * 1024];
+    while !shared.done() {
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        }
+        // Every complete frame in the buffer (bounded by what was read).
+        loop {
+            let len = match frame_len(&buf) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                // The client never sends garbage; if it does, stop talking to it.
+                Err(_) => return Ok(()),
+            };
+            let frame: Vec<u8> = buf.drain(..len).collect();
+            let Ok(h) = Header::parse(&frame) else {
+                return Ok(());
+            };
+            shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+            match handle(&mut stream, shared, &h, &frame[HEADER_LEN..])? {
+                Next::Continue => {}
+                Next::Close => {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A frame with any header fields (also invalid ones) and `payload`.
+fn raw_frame(magic: &[u8; 4], version: u8, opcode: u8, flags: u16, id: u64, len: u32) -> Vec<u8> {
+    let mut f = Vec::with_capacity(HEADER_LEN);
+    f.extend_from_slice(magic);
+    f.push(version);
+    f.push(opcode);
+    f.extend_from_slice(&flags.to_le_bytes());
+    f.extend_from_slice(&id.to_le_bytes());
+    f.extend_from_slice(&len.to_le_bytes());
+    f.extend_from_slice(&0u16.to_le_bytes()); // status
+    f.extend_from_slice(&0u16.to_le_bytes()); // reserved
+    f
+}
+
+/// A well-formed reply frame: `opcode`, `id`, `status`, `payload`.
+fn reply_frame(opcode: u8, id: u64, status: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = raw_frame(
+        b"TMEM",
+        protocol::VERSION,
+        opcode,
+        flags::REPLY,
+        id,
+        payload.len() as u32,
+    );
+    f[20..22].copy_from_slice(&status.to_le_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A page payload with any encoding byte, CRC and declared length.
+fn page_payload(encoding: u8, crc: u32, declared_len: u32, data: &[u8]) -> Vec<u8> {
+    let mut p = vec![encoding, 0, 0, 0];
+    p.extend_from_slice(&crc.to_le_bytes());
+    p.extend_from_slice(&declared_len.to_le_bytes());
+    p.extend_from_slice(data);
+    p
+}
+
+/// A correct GET reply for the page stored under `key` (NOT_FOUND if none).
+fn honest_get(shared: &Shared, id: u64, pool: u32, index: u32) -> Vec<u8> {
+    let pages = shared.pages.lock().unwrap_or_else(|e| e.into_inner());
+    match pages.get(&(pool, index)) {
+        Some((crc, data)) => reply_frame(
+            Opcode::GetPage as u8,
+            id,
+            0,
+            &page_payload(0, *crc, PAGE_SIZE as u32, data),
+        ),
+        None => reply_frame(Opcode::GetPage as u8, id, Status::NotFound as u16, b""),
+    }
+}
+
+fn done_reply(opcode: Opcode, id: u64) -> Vec<u8> {
+    reply_frame(opcode as u8, id, 0, b"")
+}
+
+/// A STATS reply with three counters.
+fn stats_reply(id: u64) -> Vec<u8> {
+    let mut p = 3u32.to_le_bytes().to_vec();
+    for v in [1u64, 2, 3] {
+        p.extend_from_slice(&v.to_le_bytes());
+    }
+    reply_frame(Opcode::Stats as u8, id, 0, &p)
+}
+
+/// A valid BATCH reply with one "done" FLUSH_PAGE entry.
+fn batch_reply(id: u64) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&1u16.to_le_bytes());
+    p.extend_from_slice(&0u16.to_le_bytes());
+    p.push(Opcode::FlushPage as u8);
+    p.push(flags::REPLY as u8);
+    p.extend_from_slice(&0u16.to_le_bytes());
+    p.extend_from_slice(&0u32.to_le_bytes());
+    reply_frame(Opcode::Batch as u8, id, 0, &p)
+}
+
+fn handle(stream: &mut TcpStream, shared: &Shared, h: &Header, body: &[u8]) -> io::Result<Next> {
+    let id = h.request_id;
+    let Ok(req) = Request::parse(h.opcode, body) else {
+        stream.write_all(&reply_frame(h.opcode, id, Status::Malformed as u16, b""))?;
+        return Ok(Next::Continue);
+    };
+    let mut out = [0u8; 256];
+    match req {
+        Request::Hello(_) => {
+            let reply = Reply::Hello(HelloReply {
+                version: u16::from(protocol::VERSION),
+                max_batch: protocol::MAX_BATCH as u16,
+                max_payload: MAX_PAYLOAD as u32,
+                nonce: [0x5a; 16],
+            });
+            let n = reply
+                .emit(h.opcode, id, &mut out)
+                .map_err(|e| io::Error::other(format!("{e:?}")))?;
+            stream.write_all(&out[..n])?;
+            return Ok(Next::Continue);
+        }
+        Request::NewPool(_) => {
+            let n = Reply::NewPool { pool: 7 }
+                .emit(h.opcode, id, &mut out)
+                .map_err(|e| io::Error::other(format!("{e:?}")))?;
+            stream.write_all(&out[..n])?;
+            return Ok(Next::Continue);
+        }
+        Request::DestroyPool { .. } | Request::FlushPage { .. } => {
+            if shared.mode != Mode::Stall {
+                stream.write_all(&done_reply(
+                    Opcode::from_u8(h.opcode).unwrap_or(Opcode::FlushPage),
+                    id,
+                ))?;
+            }
+            return Ok(Next::Continue);
+        }
+        Request::Put { key, page } if shared.mode == Mode::Honest || key.index < GOOD_PAGES => {
+            let mut data = vec![0u8; PAGE_SIZE];
+            match page.encoding {
+                Encoding::Raw => data.copy_from_slice(page.data),
+                Encoding::Fill => {
+                    let word = page.fill_word().unwrap_or(0);
+                    let arr: &mut [u8; PAGE_SIZE] = (&mut data[..])
+                        .try_into()
+                        .map_err(|_| io::Error::other("page size"))?;
+                    Page::expand_fill(word, arr);
+                }
+                Encoding::Lz4 => {
+                    stream.write_all(&reply_frame(
+                        h.opcode,
+                        id,
+                        Status::CorruptPayload as u16,
+                        b"",
+                    ))?;
+                    return Ok(Next::Continue);
+                }
+            }
+            shared
+                .pages
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((key.pool, key.index), (crc32c(&data), data));
+            if shared.mode == Mode::Unsolicited {
+                stream.write_all(&stats_reply(0x00ab_cdef_0000_0000))?;
+                stream.write_all(&stats_reply(CONTROL_ID))?;
+            }
+            if shared.mode == Mode::WrongId {
+                stream.write_all(&done_reply(Opcode::PutPage, id ^ (1 << 40)))?;
+            }
+            stream.write_all(&done_reply(Opcode::PutPage, id))?;
+            return Ok(Next::Continue);
+        }
+        Request::Get { key } if shared.mode == Mode::Honest => {
+            stream.write_all(&honest_get(shared, id, key.pool, key.index))?;
+            return Ok(Next::Continue);
+        }
+        Request::Put { .. } | Request::Get { .. } => {}
+        _ => {
+            stream.write_all(&reply_frame(
+                h.opcode,
+                id,
+                Status::UnknownOpcode as u16,
+                b"",
+            ))?;
+            return Ok(Next::Continue);
+        }
+    }
+
+    // A page request to misbehave on.
+    shared.counters.misbehaved.fetch_add(1, Ordering::Relaxed);
+    let is_get = matches!(req, Request::Get { .. });
+    let (pool, index) = match req {
+        Request::Get { key } | Request::Put { key, .. } => (key.pool, key.index),
+        _ => (0, 0),
+    };
+    let n = shared.next();
+    let part = id & 0xffff;
+    match shared.mode {
+        Mode::Honest => {}
+        Mode::Garbage => {
+            let junk = match n % 3 {
+                // Not a frame at all.
+                0 => (0..64u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect(),
+                // Right magic, unknown version.
+                1 => raw_frame(b"TMEM", 9, h.opcode, flags::REPLY, id, 0),
+                // A request (no REPLY flag) from the appliance.
+                _ => raw_frame(b"TMEM", protocol::VERSION, h.opcode, 0, id, 0),
+            };
+            stream.write_all(&junk)?;
+        }
+        Mode::Truncated => {
+            let full = if is_get {
+                honest_get(shared, id, pool, index)
+            } else {
+                done_reply(Opcode::PutPage, id)
+            };
+            // For a page reply: the header and 100 bytes of payload; for "done" (no payload):
+            // half a header.
+            let cut = if full.len() > HEADER_LEN + 100 {
+                HEADER_LEN + 100
+            } else {
+                HEADER_LEN / 2
+            };
+            stream.write_all(&full[..cut])?;
+            stream.flush()?;
+            std::thread::sleep(Duration::from_millis(50));
+            return Ok(Next::Close);
+        }
+        Mode::Oversized => {
+            let len = if n.is_multiple_of(2) {
+                u32::MAX
+            } else {
+                // Allowed by the protocol's frame limit, more than any page reply.
+                200_000
+            };
+            let mut f = raw_frame(b"TMEM", protocol::VERSION, h.opcode, flags::REPLY, id, len);
+            f.extend_from_slice(&vec![0x41; 8192]);
+            stream.write_all(&f)?;
+        }
+        Mode::WrongId => {
+            let mut ids = vec![
+                id ^ (1 << 40),                      // another generation
+                id ^ (1 << 16),                      // another tag
+                (id & !(0xff << 32)) | (0x7f << 32), // a hardware queue that does not exist
+                (id & !0xffff) | (part + 0x100),     // a page part the request does not have
+            ];
+            if part != 0 {
+                // Part 0 again (a duplicate of another part's answer).
+                ids.push(id & !0xffff);
+            }
+            for bad in ids {
+                let f = if is_get {
+                    honest_get(shared, bad, pool, index)
+                } else {
+                    done_reply(Opcode::PutPage, bad)
+                };
+                stream.write_all(&f)?;
+            }
+        }
+        Mode::Duplicate => {
+            let as_part0 = id & !0xffff;
+            let f = if is_get {
+                honest_get(shared, as_part0, pool, index)
+            } else {
+                done_reply(Opcode::PutPage, as_part0)
+            };
+            stream.write_all(&f)?;
+        }
+        Mode::BadReply => {
+            let f = if is_get {
+                let good = honest_get(shared, id, pool, index);
+                let data = good
+                    .get(HEADER_LEN + 12..)
+                    .filter(|d| d.len() == PAGE_SIZE)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_else(|| vec![0x33; PAGE_SIZE]);
+                let crc = crc32c(&data);
+                match n % 6 {
+                    // The right data, a wrong CRC.
+                    0 => reply_frame(5, id, 0, &page_payload(0, crc ^ 1, 4096, &data)),
+                    // Raw page one byte short.
+                    1 => reply_frame(5, id, 0, &page_payload(0, crc, 4095, &data[..4095])),
+                    // An encoding that does not exist.
+                    2 => reply_frame(5, id, 0, &page_payload(9, crc, 4096, &data)),
+                    // LZ4 (not requested: kclient never sets ACCEPT_LZ4).
+                    3 => reply_frame(5, id, 0, &page_payload(1, crc, 16, &[0u8; 16])),
+                    // A fill page whose CRC does not match its word.
+                    4 => reply_frame(5, id, 0, &page_payload(2, crc, 8, &[7u8; 8])),
+                    // The wrong opcode: "PUT done" as the answer to a GET.
+                    _ => done_reply(Opcode::PutPage, id),
+                }
+            } else {
+                // The wrong opcode with a plausible shape: "FLUSH_PAGE done" for a PUT.
+                done_reply(Opcode::FlushPage, id)
+            };
+            stream.write_all(&f)?;
+        }
+        Mode::Unsolicited => {
+            stream.write_all(&stats_reply(0x00ab_cdef_0000_0000))?;
+            stream.write_all(&stats_reply(CONTROL_ID))?;
+            let f = if n.is_multiple_of(2) {
+                batch_reply(id)
+            } else {
+                stats_reply(id)
+            };
+            stream.write_all(&f)?;
+        }
+        Mode::Stall => {}
+    }
+    Ok(Next::Continue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{Hello, NewPool, PageKey, PoolKind};
+
+    fn send(stream: &mut TcpStream, req: &Request<'_>, id: u64) {
+        let mut buf = vec![0u8; protocol::MAX_FRAME];
+        let n = req.emit(id, 0, &mut buf).unwrap();
+        stream.write_all(&buf[..n]).unwrap();
+    }
+
+    /// Reads one frame (header + payload) or returns the error; bounded by the read timeout.
+    fn recv(stream: &mut TcpStream) -> io::Result<(Vec<u8>, Vec<u8>)> {
+        let mut header = [0u8; HEADER_LEN];
+        stream.read_exact(&mut header)?;
+        let h = Header::parse(&header).map_err(|e| io::Error::other(format!("{e:?}")))?;
+        let mut payload = vec![0u8; h.payload_len as usize];
+        stream.read_exact(&mut payload)?;
+        Ok((header.to_vec(), payload))
+    }
+
+    fn connect(mode: Mode) -> (EvilAppliance, TcpStream, u32) {
+        let evil = EvilAppliance::start(mode).unwrap();
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, evil.port())).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        send(&mut s, &Request::Hello(Hello::new(1)), CONTROL_ID);
+        let (h, p) = recv(&mut s).unwrap();
+        let h = Header::parse(&h).unwrap();
+        assert!(matches!(
+            Reply::parse(h.opcode, h.status, &p),
+            Ok(Reply::Hello(_))
+        ));
+        let np = Request::NewPool(NewPool {
+            kind: PoolKind::Persistent,
+            page_size: 4096,
+        });
+        send(&mut s, &np, CONTROL_ID);
+        let (h, p) = recv(&mut s).unwrap();
+        let h = Header::parse(&h).unwrap();
+        let Ok(Reply::NewPool { pool }) = Reply::parse(h.opcode, h.status, &p) else {
+            panic!("no pool");
+        };
+        (evil, s, pool)
+    }
+
+    fn put(s: &mut TcpStream, pool: u32, index: u32, data: &[u8; PAGE_SIZE], id: u64) {
+        let key = PageKey {
+            pool,
+            object: [0; 3],
+            index,
+        };
+        let page = Page {
+            encoding: Encoding::Raw,
+            crc: crc32c(data),
+            data,
+        };
+        send(s, &Request::Put { key, page }, id);
+    }
+
+    fn get(s: &mut TcpStream, pool: u32, index: u32, id: u64) {
+        let key = PageKey {
+            pool,
+            object: [0; 3],
+            index,
+        };
+        send(s, &Request::Get { key }, id);
+    }
+
+    #[test]
+    fn honest_round_trip() {
+        let (_evil, mut s, pool) = connect(Mode::Honest);
+        let data = [0x42u8; PAGE_SIZE];
+        put(&mut s, pool, 20, &data, 1);
+        let (h, _) = recv(&mut s).unwrap();
+        assert_eq!(Header::parse(&h).unwrap().status, 0);
+        get(&mut s, pool, 20, 2);
+        let (h, p) = recv(&mut s).unwrap();
+        let h = Header::parse(&h).unwrap();
+        assert_eq!(h.request_id, 2);
+        let Ok(Reply::Page(page)) = Reply::parse(h.opcode, h.status, &p) else {
+            panic!("no page");
+        };
+        assert_eq!(page.data, &data[..]);
+        assert_eq!(page.crc, crc32c(&data));
+    }
+
+    #[test]
+    fn good_pages_are_honest_then_garbage() {
+        let (_evil, mut s, pool) = connect(Mode::Garbage);
+        put(&mut s, pool, 1, &[1u8; PAGE_SIZE], 5);
+        let (h, _) = recv(&mut s).unwrap();
+        assert_eq!(Header::parse(&h).unwrap().request_id, 5);
+        get(&mut s, pool, 1, 6);
+        let mut junk = [0u8; HEADER_LEN];
+        s.read_exact(&mut junk).unwrap();
+        assert!(Header::parse(&junk).is_err());
+    }
+
+    #[test]
+    fn bad_replies_fail_to_decode_or_check() {
+        let (_evil, mut s, pool) = connect(Mode::BadReply);
+        let data = [9u8; PAGE_SIZE];
+        put(&mut s, pool, 2, &data, 1);
+        recv(&mut s).unwrap();
+        for i in 0..6u64 {
+            get(&mut s, pool, 2, 100 + i);
+            let (h, p) = recv(&mut s).unwrap();
+            let h = Header::parse(&h).unwrap();
+            let ok = match Reply::parse(h.opcode, h.status, &p) {
+                Ok(Reply::Page(page)) => {
+                    page.encoding == Encoding::Raw
+                        && page.data == &data[..]
+                        && page.crc == crc32c(&data)
+                }
+                _ => false,
+            };
+            assert!(!ok, "variant {i} looks like a good page");
+        }
+        // A put of a high page: answered with the wrong opcode.
+        put(&mut s, pool, 9, &data, 50);
+        let (h, _) = recv(&mut s).unwrap();
+        assert_eq!(Header::parse(&h).unwrap().opcode, Opcode::FlushPage as u8);
+    }
+
+    #[test]
+    fn oversized_and_truncated() {
+        let (_evil, mut s, pool) = connect(Mode::Oversized);
+        get(&mut s, pool, 3, 1);
+        let mut h = [0u8; HEADER_LEN];
+        s.read_exact(&mut h).unwrap();
+        assert!(
+            Header::parse(&h).is_err(),
+            "u32::MAX payload must not parse"
+        );
+
+        let (_evil, mut s, pool) = connect(Mode::Truncated);
+        put(&mut s, pool, 1, &[3u8; PAGE_SIZE], 1);
+        recv(&mut s).unwrap();
+        get(&mut s, pool, 1, 2);
+        assert!(recv(&mut s).is_err(), "a truncated reply then EOF");
+    }
+
+    #[test]
+    fn stall_never_answers() {
+        let (_evil, mut s, pool) = connect(Mode::Stall);
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        get(&mut s, pool, 1, 1);
+        let mut b = [0u8; 1];
+        assert!(s.read(&mut b).is_err());
+    }
+
+    #[test]
+    fn modes_have_unique_names() {
+        for m in Mode::ALL {
+            assert_eq!(Mode::from_name(m.name()), Some(m));
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Client VM test: kclient against a malicious appliance (issue 4, "bad input from a malicious
+//! appliance").
+//!
+//! - `malicious_appliance_replies_rejected`: one client VM (256 MiB, 2 vCPUs) runs
+//!   `tmem_test=evil` (`images/linux/initramfs/test-evil.sh`): for each [`Mode`] of
+//!   `qemu_tests::evil_appliance` (one server per mode, on its own 127.0.0.1 port) it loads kclient
+//!   against that server, does direct block I/O on `/dev/kclient0` and unloads it. Every mode must
+//!   give I/O errors (never wrong data, never a hang), raise the matching kclient counter
+//!   (protocol_errors, checksum_errors, stale_replies, timeouts or failed_requests), and unload
+//!   cleanly; the kernel log must show no WARN/BUG/Oops/KASAN; the VM must power off in bounded
+//!   time. The honest mode is the control: the same I/O must succeed with the right data.
+//!
+//! Build first: `cargo xtask client-image`; otherwise SKIP (a failure under `TMEM_REQUIRE_VM=1`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use qemu_tests::evil_appliance::{EvilAppliance, Mode};
+use qemu_tests::linux_vm::{
+    boot_client, client_image, kernel_problems, num, parse_result, wait_exit,
+};
+
+const VM_MEMORY: &str = "256M";
+const VM_CPUS: u32 = 2;
+/// kclient's io_timeout_ms in the guest: short, so stalls fail fast.
+const IO_TIMEOUT_MS: u64 = 2000;
+/// Bound for the whole guest run (boot, nine modes, poweroff) under TCG on a shared machine.
+const VM_LIMIT: Duration = Duration::from_secs(600);
+
+/// The `TMEM-EVIL mode=... key=value ...` lines of a console log, by mode.
+fn mode_results(log: &str) -> HashMap<String, HashMap<String, String>> {
+    log.lines()
+        .filter_map(|l| l.split_once("TMEM-EVIL ").map(|(_, rest)| rest))
+        .map(|rest| {
+            let kv: HashMap<String, String> = rest
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            (kv.get("mode").cloned().unwrap_or_default(), kv)
+        })
+        .collect()
+}
+
+fn field<'a>(r: &'a HashMap<String, String>, key: &str) -> &'a str {
+    r.get(key).map(String::as_str).unwrap_or("")
+}
+
+/// Checks one mode's outcome; returns what is wrong (empty: fine).
+fn expect(bad: &mut Vec<String>, ok: bool, what: &str) {
+    if !ok {
+        bad.push(what.to_string());
+    }
+}
+
+fn check_mode(mode: Mode, r: &HashMap<String, String>) -> Vec<String> {
+    let mut bad = Vec::new();
+    let n = |k: &str| num(r, k).unwrap_or(-1);
+    // Every mode: loads, the honest pages are stored, nothing hangs, nothing wrong is accepted,
+    // and the module unloads.
+    expect(&mut bad, n("insmod") == 0, "insmod failed");
+    expect(
+        &mut bad,
+        n("w1") == 0,
+        "write of the honestly stored pages failed",
+    );
+    expect(
+        &mut bad,
+        n("hang") == 0,
+        "an I/O command had to be killed (hang)",
+    );
+    expect(
+        &mut bad,
+        n("r1_bad") == 0,
+        "a single-page read returned wrong data",
+    );
+    expect(
+        &mut bad,
+        field(r, "r2") != "bad",
+        "the 4-page read returned wrong data",
+    );
+    expect(&mut bad, n("rmmod") == 0, "rmmod failed");
+    expect(
+        &mut bad,
+        n("seconds") >= 0 && n("seconds") < 120,
+        "mode took too long (>= 120 s)",
+    );
+    let errors_expected = |bad: &mut Vec<String>| {
+        for (ok, what) in [
+            (n("r1_fail") == 4, "single-page reads must all fail"),
+            (field(r, "r2") == "fail", "the 4-page read must fail"),
+            (
+                n("w2") > 0,
+                "the write the appliance misbehaves on must fail",
+            ),
+            (
+                [
+                    "failed_gets",
+                    "failed_puts",
+                    "failed_requests",
+                    "timeouts",
+                    "protocol_errors",
+                ]
+                .iter()
+                .map(|k| n(k).max(0))
+                .sum::<i64>()
+                    > 0,
+                "the failures must show in kclient's counters",
+            ),
+        ] {
+            if !ok {
+                bad.push(what.to_string());
+            }
+        }
+    };
+    match mode {
+        Mode::Honest => {
+            expect(
+                &mut bad,
+                n("r1_ok") == 4,
+                "honest single-page reads must succeed",
+            );
+            expect(
+                &mut bad,
+                field(r, "r2") == "ok",
+                "honest 4-page read must succeed",
+            );
+            expect(&mut bad, n("w2") == 0, "honest write must succeed");
+            for k in [
+                "protocol_errors",
+                "checksum_errors",
+                "failed_requests",
+                "timeouts",
+            ] {
+                expect(
+                    &mut bad,
+                    n(k) == 0,
+                    &format!("{k} must stay 0 with an honest appliance"),
+                );
+            }
+        }
+        Mode::Garbage | Mode::Oversized => {
+            errors_expected(&mut bad);
+            expect(
+                &mut bad,
+                n("protocol_errors") > 0,
+                "protocol_errors must rise",
+            );
+        }
+        Mode::Truncated => {
+            errors_expected(&mut bad);
+            expect(
+                &mut bad,
+                n("failed_requests") > 0,
+                "failed_requests must rise",
+            );
+        }
+        Mode::WrongId => {
+            errors_expected(&mut bad);
+            expect(&mut bad, n("stale_replies") > 0, "stale_replies must rise");
+            expect(
+                &mut bad,
+                n("protocol_errors") > 0,
+                "out-of-range parts must count as protocol_errors",
+            );
+        }
+        Mode::Duplicate => {
+            // Single-page requests got one correct answer each; multi-page ones duplicates.
+            expect(
+                &mut bad,
+                n("r1_ok") == 4,
+                "correctly answered single-page reads succeed",
+            );
+            expect(
+                &mut bad,
+                field(r, "r2") == "fail",
+                "a read answered with duplicates must fail",
+            );
+            expect(
+                &mut bad,
+                n("w2") > 0,
+                "a write answered with duplicates must fail",
+            );
+            expect(
+                &mut bad,
+                n("protocol_errors") > 0,
+                "protocol_errors must rise",
+            );
+        }
+        Mode::BadReply => {
+            errors_expected(&mut bad);
+            expect(
+                &mut bad,
+                n("checksum_errors") > 0,
+                "checksum_errors must rise",
+            );
+            expect(
+                &mut bad,
+                n("protocol_errors") > 0,
+                "protocol_errors must rise",
+            );
+        }
+        Mode::Unsolicited => {
+            errors_expected(&mut bad);
+            expect(
+                &mut bad,
+                n("protocol_errors") > 0,
+                "protocol_errors must rise",
+            );
+            expect(
+                &mut bad,
+                n("stale_replies") > 0,
+                "unsolicited replies must count as stale",
+            );
+        }
+        Mode::Stall => {
+            errors_expected(&mut bad);
+            expect(&mut bad, n("timeouts") > 0, "timeouts must rise");
+        }
+    }
+    bad
+}
+
+#[test]
+fn malicious_appliance_replies_rejected() {
+    let name = "kclient_evil";
+    let Some(image) = client_image(name) else {
+        return;
+    };
+    let servers: Vec<EvilAppliance> = Mode::ALL
+        .iter()
+        .map(|&m| EvilAppliance::start(m).expect("start evil appliance"))
+        .collect();
+    let spec: Vec<String> = servers
+        .iter()
+        .map(|s| format!("{}:{}", s.mode().name(), s.port()))
+        .collect();
+    let append = format!(
+        "tmem_test=evil tmem_evil={} tmem_timeout_ms={IO_TIMEOUT_MS}",
+        spec.join(",")
+    );
+    let start = Instant::now();
+    let mut vm = boot_client(name, &image, VM_MEMORY, VM_CPUS, &append).expect("boot client VM");
+    let waited = vm.wait_for_output("TMEM-RESULT", VM_LIMIT);
+    let exited = wait_exit(&mut vm, Duration::from_secs(60));
+    let elapsed = start.elapsed();
+    let log = vm.output();
+    waited.unwrap_or_else(|e| panic!("no result within {VM_LIMIT:?}: {e}"));
+    let result = parse_result(&log).expect("TMEM-RESULT line");
+    eprintln!("kclient_evil: {result:?} (VM ran {elapsed:.1?})");
+    for s in &servers {
+        let c = s.counters();
+        eprintln!(
+            "  server {:<11} connections={} requests={} misbehaved={}",
+            s.mode().name(),
+            c.connections.load(std::sync::atomic::Ordering::Relaxed),
+            c.requests.load(std::sync::atomic::Ordering::Relaxed),
+            c.misbehaved.load(std::sync::atomic::Ordering::Relaxed),
+        );
+    }
+
+    let problems = kernel_problems(&log);
+    assert!(
+        problems.is_empty() && !log.contains("KASAN"),
+        "kernel problems: {problems:#?}\nlog: {}",
+        vm.log_path().display()
+    );
+    assert_eq!(num(&result, "oops"), Some(0), "{result:?}");
+    assert_eq!(
+        num(&result, "modes"),
+        Some(Mode::ALL.len() as i64),
+        "every mode must run: {result:?}"
+    );
+
+    let modes = mode_results(&log);
+    let mut failures = Vec::new();
+    for mode in Mode::ALL {
+        let Some(r) = modes.get(mode.name()) else {
+            failures.push(format!("{}: no TMEM-EVIL line", mode.name()));
+            continue;
+        };
+        eprintln!(
+            "  mode {:<11} {}s w1={} r1_ok={} r1_fail={} r2={} w2={} protocol_errors={} checksum_errors={} stale_replies={} timeouts={} failed_requests={}",
+            mode.name(),
+            field(r, "seconds"),
+            field(r, "w1"),
+            field(r, "r1_ok"),
+            field(r, "r1_fail"),
+            field(r, "r2"),
+            field(r, "w2"),
+            field(r, "protocol_errors"),
+            field(r, "checksum_errors"),
+            field(r, "stale_replies"),
+            field(r, "timeouts"),
+            field(r, "failed_requests"),
+        );
+        for what in check_mode(mode, r) {
+            failures.push(format!("{}: {what} ({r:?})", mode.name()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "kclient mishandled a malicious appliance:\n{}\nlog: {}",
+        failures.join("\n"),
+        vm.log_path().display()
+    );
+    assert!(exited, "VM did not power off");
+    assert!(
+        elapsed < VM_LIMIT + Duration::from_secs(60),
+        "VM run took {elapsed:?}"
+    );
+}
