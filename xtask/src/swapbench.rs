@@ -45,6 +45,9 @@ pub struct SwapBenchArgs {
         default_value = "seq,rand,sort"
     )]
     pub workloads: Vec<String>,
+    /// Working sets above this (MiB) run only the seq workload (rand and sort are slow under TCG).
+    #[arg(long = "swap-seq-only-above", default_value_t = 256)]
+    pub seq_only_above: u64,
     /// RAM of the client VM (MiB) for every backend but `ram`.
     #[arg(long = "swap-vm-mib", default_value_t = 256)]
     pub vm_mib: u64,
@@ -124,21 +127,38 @@ pub fn run(args: &SwapBenchArgs) -> Result<()> {
             }
             Err(e) => step(&format!("  backend {backend} failed: {e:#}")),
         }
+        // After every backend, so an interrupted run still leaves its results.
+        publish(args, &work, &rows, started.elapsed(), false)?;
     }
-    write_csv(&work.join("results.csv"), &rows)?;
-    let md = render(args, &rows, started.elapsed());
-    println!("{md}");
-    if !args.no_docs {
-        let png = paths::repo_root().join("docs/swap-bench.png");
-        match plot(&work, &png, args.vm_mib) {
-            Ok(()) => step(&format!("plot written to {}", png.display())),
-            Err(e) => step(&format!("plot failed: {e:#}")),
-        }
-        crate::bench::write_docs_section("swap-bench", &md)?;
-        step("results written to docs/benchmarks.md (section swap-bench)");
-    }
+    publish(args, &work, &rows, started.elapsed(), true)?;
     if rows.is_empty() {
         bail!("no benchmark results");
+    }
+    Ok(())
+}
+
+/// Writes the CSV and (unless `--no-docs`) the plot and the docs section; prints the table at the end.
+fn publish(
+    args: &SwapBenchArgs,
+    work: &Path,
+    rows: &[Row],
+    took: Duration,
+    last: bool,
+) -> Result<()> {
+    write_csv(&work.join("results.csv"), rows)?;
+    let md = render(args, rows, took);
+    if last {
+        println!("{md}");
+    }
+    if !args.no_docs && !rows.is_empty() {
+        let png = paths::repo_root().join("docs/swap-bench.png");
+        if let Err(e) = plot(work, &png, args.vm_mib) {
+            step(&format!("plot failed: {e:#}"));
+        }
+        crate::bench::write_docs_section("swap-bench", &md)?;
+        if last {
+            step("results written to docs/benchmarks.md (section swap-bench) and docs/swap-bench.png");
+        }
     }
     Ok(())
 }
@@ -270,9 +290,10 @@ fn run_backend(
     let swap_mib = (max_mib * 2).max(1024);
     let mut append = format!(
         "tmem_test=bench tmem_backend={backend} tmem_sizes={} tmem_workloads={} tmem_size={swap_mib}M \
-         tmem_timeout_ms=60000 tmem_run_timeout=1200",
+         tmem_timeout_ms=60000 tmem_run_timeout=900 tmem_seq_only_above={}",
         join(&args.sizes),
-        args.workloads.join(",")
+        args.workloads.join(","),
+        args.seq_only_above
     );
     let mut _appliance = None;
     let mut _server = None;
@@ -298,7 +319,15 @@ fn run_backend(
             _files.push(TempFile(file.clone()));
             let port = qemu_tests::free_port();
             let child = Command::new("qemu-nbd")
-                .args(["-f", "raw", "-b", "127.0.0.1", "-p", &port.to_string()])
+                .args([
+                    "-t",
+                    "-f",
+                    "raw",
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                ])
                 .arg(&file)
                 .stdin(Stdio::null())
                 .spawn()
@@ -309,9 +338,8 @@ fn run_backend(
                 Duration::from_secs(20),
             )
             .context("qemu-nbd not listening")?;
-            // wait_for_port's probe connection used up nothing: qemu-nbd serves one client at a
-            // time and the probe closed before the handshake. Keep it serving anyway (-t is not
-            // set, so restart would be needed if it exited).
+            // -t (persistent): the port probe above disconnects before the handshake (qemu-nbd
+            // logs a failed negotiation) and must not end the server.
             append.push_str(&format!(" tmem_target=10.0.2.2:{port}"));
         }
         "disk" => {
@@ -414,9 +442,18 @@ fn find<'a>(rows: &'a [Row], backend: &str, workload: &str, mib: u64) -> Option<
         .find(|r| r.backend == backend && r.workload == workload && r.mib == mib && r.ok())
 }
 
-fn secs(r: Option<&Row>) -> String {
-    r.map(|r| format!("{:.1}", r.num("ms") / 1000.0))
-        .unwrap_or_else(|| "-".into())
+fn secs(rows: &[Row], backend: &str, workload: &str, mib: u64) -> String {
+    if let Some(r) = find(rows, backend, workload, mib) {
+        return format!("{:.1}", r.num("ms") / 1000.0);
+    }
+    match rows
+        .iter()
+        .find(|r| r.backend == backend && r.workload == workload && r.mib == mib)
+    {
+        Some(r) if r.fields.get("status").map(String::as_str) == Some("oom") => "OOM".into(),
+        Some(_) => "fail".into(),
+        None => "-".into(),
+    }
 }
 
 fn ratio(a: Option<&Row>, b: Option<&Row>) -> String {
@@ -444,7 +481,8 @@ fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> String {
          Client VM: our Linux 6.12 kernel, {} MiB RAM, {} vCPUs, QEMU TCG (no KVM) on a 2-core machine \
          shared with other work, so absolute times are slow and noisy: compare ratios within this run only. \
          The `ram` run boots the same VM with {} MiB so nothing swaps (the lower bound). Each backend is \
-         one VM boot running every workload x size in sequence (drop_caches between runs).\n\n",
+         one VM boot running every workload x size in sequence (drop_caches between runs); \
+         working sets above {} MiB run only seq.\n\n",
         join(&args.sizes),
         args.workloads.join(","),
         backends.join(","),
@@ -452,6 +490,7 @@ fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> String {
         args.vm_mib,
         args.vm_cpus,
         args.sizes.iter().max().copied().unwrap_or(0) + 512,
+        args.seq_only_above,
     );
     t.push_str(
         "Backends: **kclient** = /dev/kclient0 -> host-mode appliance (`target/release/appliance`) at \
@@ -483,7 +522,7 @@ fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> String {
             let _ = write!(t, "| {w} | {m} | {:.1} |", m as f64 / args.vm_mib as f64);
             let ram = find(rows, "ram", w, m);
             for b in &backends {
-                let _ = write!(t, " {} |", secs(find(rows, b, w, m)));
+                let _ = write!(t, " {} |", secs(rows, b, w, m));
             }
             for b in &swap_backends {
                 let _ = write!(t, " {} |", ratio(find(rows, b, w, m), ram));
@@ -540,12 +579,21 @@ fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> String {
     let failed: Vec<String> = rows
         .iter()
         .filter(|r| !r.ok())
-        .map(|r| format!("{} {} {} MiB", r.backend, r.workload, r.mib))
+        .map(|r| {
+            format!(
+                "{} {} {} MiB ({})",
+                r.backend,
+                r.workload,
+                r.mib,
+                r.fields.get("status").map(String::as_str).unwrap_or("?")
+            )
+        })
         .collect();
     if !failed.is_empty() {
         let _ = writeln!(
             t,
-            "\nFailed or timed-out runs (not in the tables): {}.",
+            "\nRuns that did not verify (OOM = the guest's OOM killer ended the workload; \
+             fail = error or timeout): {}.",
             failed.join(", ")
         );
     }
