@@ -54,11 +54,15 @@ pub enum Mode {
     Unsolicited,
     /// (g) Page requests are read but never answered.
     Stall,
+    /// HELLO is answered with garbage: `insmod` must fail, not hang.
+    HelloGarbage,
+    /// HELLO is never answered: `insmod` must fail within the I/O timeout, not hang.
+    HelloStall,
 }
 
 impl Mode {
     /// Every mode, control first.
-    pub const ALL: [Mode; 9] = [
+    pub const ALL: [Mode; 11] = [
         Mode::Honest,
         Mode::Garbage,
         Mode::Truncated,
@@ -68,6 +72,8 @@ impl Mode {
         Mode::BadReply,
         Mode::Unsolicited,
         Mode::Stall,
+        Mode::HelloGarbage,
+        Mode::HelloStall,
     ];
 
     /// Name used on the kernel command line and in the guest's result lines.
@@ -82,7 +88,14 @@ impl Mode {
             Mode::BadReply => "badreply",
             Mode::Unsolicited => "unsolicited",
             Mode::Stall => "stall",
+            Mode::HelloGarbage => "hellogarbage",
+            Mode::HelloStall => "hellostall",
         }
+    }
+
+    /// Whether this mode breaks the handshake (so `insmod` must fail).
+    pub fn breaks_handshake(self) -> bool {
+        matches!(self, Mode::HelloGarbage | Mode::HelloStall)
     }
 
     /// The mode called `name`.
@@ -348,6 +361,11 @@ fn handle(stream: &mut TcpStream, shared: &Shared, h: &Header, body: &[u8]) -> i
     };
     let mut out = [0u8; 256];
     match req {
+        Request::Hello(_) if shared.mode == Mode::HelloStall => return Ok(Next::Continue),
+        Request::Hello(_) if shared.mode == Mode::HelloGarbage => {
+            stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n garbage garbage garbage")?;
+            return Ok(Next::Continue);
+        }
         Request::Hello(_) => {
             let reply = Reply::Hello(HelloReply {
                 version: u16::from(protocol::VERSION),
@@ -548,7 +566,7 @@ fn handle(stream: &mut TcpStream, shared: &Shared, h: &Header, body: &[u8]) -> i
             };
             stream.write_all(&f)?;
         }
-        Mode::Stall => {}
+        Mode::Stall | Mode::HelloGarbage | Mode::HelloStall => {}
     }
     Ok(Next::Continue)
 }
@@ -703,6 +721,25 @@ mod tests {
         get(&mut s, pool, 1, 1);
         let mut b = [0u8; 1];
         assert!(s.read(&mut b).is_err());
+    }
+
+    #[test]
+    fn broken_handshakes() {
+        let evil = EvilAppliance::start(Mode::HelloStall).unwrap();
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, evil.port())).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        send(&mut s, &Request::Hello(Hello::new(1)), CONTROL_ID);
+        let mut b = [0u8; 1];
+        assert!(s.read(&mut b).is_err(), "no HELLO reply");
+
+        let evil = EvilAppliance::start(Mode::HelloGarbage).unwrap();
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, evil.port())).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        send(&mut s, &Request::Hello(Hello::new(1)), CONTROL_ID);
+        let mut h = [0u8; HEADER_LEN];
+        s.read_exact(&mut h).unwrap();
+        assert!(Header::parse(&h).is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //!   give I/O errors (never wrong data, never a hang), raise the matching kclient counter
 //!   (protocol_errors, checksum_errors, stale_replies, timeouts or failed_requests), and unload
 //!   cleanly; the kernel log must show no WARN/BUG/Oops/KASAN; the VM must power off in bounded
-//!   time. The honest mode is the control: the same I/O must succeed with the right data.
+//!   time. The honest mode is the control: the same I/O must succeed with the right data. Two
+//!   modes break the handshake instead (garbage for HELLO, no HELLO reply): insmod must fail
+//!   within the I/O timeout.
 //!
 //! Build first: `cargo xtask client-image`; otherwise SKIP (a failure under `TMEM_REQUIRE_VM=1`).
 
@@ -56,6 +58,22 @@ fn expect(bad: &mut Vec<String>, ok: bool, what: &str) {
 fn check_mode(mode: Mode, r: &HashMap<String, String>) -> Vec<String> {
     let mut bad = Vec::new();
     let n = |k: &str| num(r, k).unwrap_or(-1);
+    if mode.breaks_handshake() {
+        // insmod must fail (no device), quickly, and leave nothing behind.
+        expect(&mut bad, n("insmod") > 0, "insmod must fail");
+        expect(&mut bad, field(r, "rmmod") == "na", "nothing to unload");
+        expect(
+            &mut bad,
+            n("hang") == 0,
+            "a command had to be killed (hang)",
+        );
+        expect(
+            &mut bad,
+            n("seconds") >= 0 && n("seconds") < 30,
+            "a broken handshake must fail within the I/O timeout",
+        );
+        return bad;
+    }
     // Every mode: loads, the honest pages are stored, nothing hangs, nothing wrong is accepted,
     // and the module unloads.
     expect(&mut bad, n("insmod") == 0, "insmod failed");
@@ -217,6 +235,7 @@ fn check_mode(mode: Mode, r: &HashMap<String, String>) -> Vec<String> {
             errors_expected(&mut bad);
             expect(&mut bad, n("timeouts") > 0, "timeouts must rise");
         }
+        Mode::HelloGarbage | Mode::HelloStall => {}
     }
     bad
 }

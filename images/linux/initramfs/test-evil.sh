@@ -3,7 +3,8 @@
 # insmod, then block I/O straight on /dev/kclient0 (O_DIRECT, every command bounded; no swapon: a
 # failing swap device would OOM-kill): write pages 0-3 (the appliance stores these honestly), read
 # them one by one and all at once (the appliance misbehaves on gets), write pages 8-11 (it
-# misbehaves on these puts), rmmod. One `TMEM-EVIL mode=...` line per mode, then `TMEM-RESULT`.
+# misbehaves on these puts), rmmod. Modes that break the handshake must make insmod fail (no I/O).
+# One `TMEM-EVIL mode=...` line per mode, then `TMEM-RESULT`.
 # Outcomes: w1/w2 = dd exit codes; r1_ok/r1_bad/r1_fail = single-page reads that returned the
 # right data / wrong data / an error; r2 = ok|bad|fail for the 4-page read; hang = commands that
 # had to be killed.
@@ -24,9 +25,16 @@ for item in $(echo "${tmem_evil:-}" | tr ',' ' '); do
 	phase "evil-$mode port=$port"
 	t0=$(date +%s)
 	hang=0
-	insmod /lib/modules/kclient.ko remote_target="10.0.2.2:$port" size=16M \
+	bounded insmod /lib/modules/kclient.ko remote_target="10.0.2.2:$port" size=16M \
 		io_timeout_ms="${tmem_timeout_ms:-2000}"
 	insmod_rc=$?
+	is_hang $insmod_rc && hang=$((hang + 1))
+	if [ "$insmod_rc" != 0 ]; then
+		# No device: nothing to do I/O on (and a dd would create a plain file in /dev).
+		echo "TMEM-EVIL mode=$mode insmod=$insmod_rc hang=$hang rmmod=na seconds=$(($(date +%s) - t0))"
+		modes=$((modes + 1))
+		continue
+	fi
 	bounded dd if=/tmp/evil.w1 of=$dev bs=16384 count=1 oflag=direct
 	w1=$?
 	is_hang $w1 && hang=$((hang + 1))
@@ -59,11 +67,8 @@ for item in $(echo "${tmem_evil:-}" | tr ',' ' '); do
 	w2=$?
 	is_hang $w2 && hang=$((hang + 1))
 	stats=$(kstats)
-	rmmod_rc=na
-	if [ "$insmod_rc" = 0 ]; then
-		bounded rmmod kclient
-		rmmod_rc=$?
-	fi
+	bounded rmmod kclient
+	rmmod_rc=$?
 	t1=$(date +%s)
 	echo "TMEM-EVIL mode=$mode insmod=$insmod_rc w1=$w1 r1_ok=$r1_ok r1_bad=$r1_bad r1_fail=$r1_fail r2=$r2 w2=$w2 hang=$hang rmmod=$rmmod_rc seconds=$((t1 - t0)) $stats"
 	modes=$((modes + 1))
