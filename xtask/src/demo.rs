@@ -254,6 +254,11 @@ fn print_summary(
         println!(" {k:<34} {v}");
     }
     println!(" {}", "-".repeat(78));
+    println!(
+        " zswap sits in front of /dev/kclient0 (as zcache did in RAMster): it keeps what compresses\n \
+         well in local RAM and sends the appliance the pages it could not compress plus the cold pages\n \
+         it writes back, so the appliance's compression ratio here reflects those pages."
+    );
 }
 
 fn ok(rc: &str) -> &'static str {
