@@ -127,6 +127,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     let mut view = ApplianceView::default();
     let deadline = started + Duration::from_secs(args.timeout_min * 60);
     let mut shown = 0;
+    let mut last_report = Instant::now();
     let result = loop {
         if interrupted.load(Ordering::SeqCst) {
             bail!("interrupted: VMs stopped");
@@ -139,18 +140,31 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
             );
         }
         let log = vm.output();
-        for line in log.lines().filter(|l| l.contains("TMEM-PHASE")).skip(shown) {
+        let progress = log
+            .lines()
+            .filter(|l| l.contains("TMEM-PHASE") || l.starts_with("tmem-workload:"));
+        for line in progress.skip(shown) {
             shown += 1;
-            let phase = line
+            let what = line
                 .split_once("TMEM-PHASE ")
                 .map(|(_, p)| p.trim())
-                .unwrap_or(line);
+                .unwrap_or(line.trim());
             eprintln!(
-                "    client: {phase}  [{:.0}s]",
+                "    client: {what}  [{:.0}s]",
                 started.elapsed().as_secs_f64()
             );
         }
         view.poll(&addr.to_string());
+        if last_report.elapsed() >= Duration::from_secs(30) {
+            last_report = Instant::now();
+            eprintln!(
+                "    appliance: {} pages held, {} puts, {} gets  [{:.0}s]",
+                view.get(StatId::Pages),
+                view.get(StatId::Puts),
+                view.get(StatId::GetHits),
+                started.elapsed().as_secs_f64()
+            );
+        }
         if let Some(r) = parse_result(&log) {
             break r;
         }
