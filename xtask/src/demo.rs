@@ -23,7 +23,7 @@ pub struct DemoArgs {
     /// Client VM memory (QEMU syntax).
     #[arg(long, default_value = "256M")]
     client_memory: String,
-    /// Workload size in MiB (default: twice the client's memory).
+    /// Workload size in MiB (default: 1.5 x the client's memory, so a good part of it must swap).
     #[arg(long)]
     workload_mib: Option<u64>,
     /// Appliance VM memory (QEMU syntax).
