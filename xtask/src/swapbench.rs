@@ -27,14 +27,14 @@ pub struct SwapBenchArgs {
     #[arg(
         long = "swap-backends",
         value_delimiter = ',',
-        default_value = "ram,kclient,nbd,zram,disk"
+        default_value = "ram,kclient,nbd,disk,zram"
     )]
     pub backends: Vec<String>,
     /// Working-set sizes in MiB.
     #[arg(
         long = "swap-sizes",
         value_delimiter = ',',
-        default_value = "128,256,512"
+        default_value = "64,128,256"
     )]
     pub sizes: Vec<u64>,
     /// Workloads: seq (fill + sequential verify), rand (fill + verify in stride-7919 order), sort
@@ -46,10 +46,10 @@ pub struct SwapBenchArgs {
     )]
     pub workloads: Vec<String>,
     /// Working sets above this (MiB) run only the seq workload (rand and sort are slow under TCG).
-    #[arg(long = "swap-seq-only-above", default_value_t = 256)]
+    #[arg(long = "swap-seq-only-above", default_value_t = 128)]
     pub seq_only_above: u64,
     /// RAM of the client VM (MiB) for every backend but `ram`.
-    #[arg(long = "swap-vm-mib", default_value_t = 256)]
+    #[arg(long = "swap-vm-mib", default_value_t = 128)]
     pub vm_mib: u64,
     /// vCPUs of the client VM.
     #[arg(long = "swap-vm-cpus", default_value_t = 2)]
@@ -57,6 +57,10 @@ pub struct SwapBenchArgs {
     /// Limit for one backend's VM (all its runs), seconds.
     #[arg(long = "swap-vm-timeout", default_value_t = 2400)]
     pub vm_timeout_s: u64,
+    /// Do not run VMs: re-render the table and plot from a results CSV of an earlier run
+    /// (`target/swapbench/results.csv`), with the same sizes/backends/workloads arguments.
+    #[arg(long = "swap-from-csv")]
+    pub from_csv: Option<PathBuf>,
     /// Set by `cargo xtask bench --no-docs`: print only.
     #[arg(skip)]
     pub no_docs: bool,
@@ -106,6 +110,11 @@ pub fn run(args: &SwapBenchArgs) -> Result<()> {
     let started = Instant::now();
     let work = paths::repo_root().join("target/swapbench");
     std::fs::create_dir_all(&work)?;
+    if let Some(csv) = &args.from_csv {
+        let rows = read_csv(csv)?;
+        publish(args, &work, &rows, Duration::ZERO, true)?;
+        return Ok(());
+    }
     let image = prepare(&work)?;
     let appliance_bin = paths::repo_root().join("target/release/appliance");
 
@@ -417,6 +426,12 @@ const CSV_KEYS: &[&str] = &[
     "kc_received",
     "kc_requests",
     "zram_compr",
+    "blk_reads",
+    "blk_read_kib",
+    "blk_read_ms",
+    "blk_writes",
+    "blk_write_kib",
+    "blk_write_ms",
 ];
 
 fn write_csv(path: &Path, rows: &[Row]) -> Result<()> {
@@ -435,6 +450,29 @@ fn write_csv(path: &Path, rows: &[Row]) -> Result<()> {
         s.push('\n');
     }
     std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_csv(path: &Path) -> Result<Vec<Row>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().context("empty CSV")?.split(',').collect();
+    Ok(lines
+        .map(|line| {
+            let fields: BTreeMap<String, String> = header
+                .iter()
+                .zip(line.split(','))
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Row {
+                backend: fields.get("backend").cloned().unwrap_or_default(),
+                workload: fields.get("workload").cloned().unwrap_or_default(),
+                mib: fields.get("mib").and_then(|v| v.parse().ok()).unwrap_or(0),
+                fields,
+            }
+        })
+        .collect())
 }
 
 fn find<'a>(rows: &'a [Row], backend: &str, workload: &str, mib: u64) -> Option<&'a Row> {
@@ -477,7 +515,7 @@ fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> String {
     let swap_backends: Vec<&str> = backends.iter().copied().filter(|b| *b != "ram").collect();
     let _ = write!(
         t,
-        "Command: `cargo xtask bench --swap` (sizes {} MiB, workloads {}, backends {}; took {} s). \
+        "Command: `cargo xtask bench --swap` (sizes {} MiB, workloads {}, backends {}{}). \
          Client VM: our Linux 6.12 kernel, {} MiB RAM, {} vCPUs, QEMU TCG (no KVM) on a 2-core machine \
          shared with other work, so absolute times are slow and noisy: compare ratios within this run only. \
          The `ram` run boots the same VM with {} MiB so nothing swaps (the lower bound). Each backend is \
@@ -486,7 +524,11 @@ fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> String {
         join(&args.sizes),
         args.workloads.join(","),
         backends.join(","),
-        took.as_secs(),
+        if took.is_zero() {
+            String::new()
+        } else {
+            format!("; took {} s", took.as_secs())
+        },
         args.vm_mib,
         args.vm_cpus,
         args.sizes.iter().max().copied().unwrap_or(0) + 512,
@@ -497,12 +539,12 @@ fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> String {
          10.0.2.2 over QEMU user networking; **nbd** = the kernel's nbd driver (set up by our \
          `tmem-nbd-client`, newstyle handshake + NBD_SET_SOCK/NBD_DO_IT) -> `qemu-nbd` serving a \
          sparse file in /dev/shm (host RAM), same network path; **zram** = lzo-rle zram device inside \
-         the same 256 MiB guest; **disk** = virtio-blk backed by a sparse host file (cache=writeback: \
+         the same guest (same RAM); **disk** = virtio-blk backed by a sparse host file (cache=writeback: \
          in practice the host page cache). zswap (lzo, zsmalloc, default 20% pool) is on in front of \
          kclient, nbd and disk (the recommended deployment); `-nozswap` rows have it off. Workloads: \
          **seq** = `tmem-workload MIB 1 SEED 1` (fill, then verify every page in order), **rand** = \
          the same with stride 7919 (every verify read is a random swap-in), **sort** = `tmem-sort MIB` \
-         (quicksort of 64-byte records in place, then full verification). Every run verified its data.\n\n",
+         (quicksort of 64-byte records in place, then full verification). Every run with a time verified all its data.\n\n",
     );
     // Time table.
     t.push_str("| workload | MiB | x VM RAM |");
@@ -519,6 +561,9 @@ fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> String {
     t.push('\n');
     for w in &args.workloads {
         for &m in &args.sizes {
+            if !rows.iter().any(|r| &r.workload == w && r.mib == m) {
+                continue;
+            }
             let _ = write!(t, "| {w} | {m} | {:.1} |", m as f64 / args.vm_mib as f64);
             let ram = find(rows, "ram", w, m);
             for b in &backends {
@@ -538,7 +583,7 @@ fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> String {
     t.push_str(
         "\nPages moved (guest /proc/vmstat deltas: pswpout/pswpin reach the swap device, zswpout are \
          pages zswap kept compressed in guest RAM) and bytes on the guest's NIC (eth0 tx+rx; kclient's \
-         own counters in brackets):\n\n| workload | MiB | backend | pswpout | pswpin | zswpout | wire MiB tx | wire MiB rx | wire bytes per swapped page | kclient requests |\n|---|---|---|---|---|---|---|---|---|---|\n",
+         own counters in brackets):\n\n| workload | MiB | backend | pswpout | pswpin | zswpout | wire MiB tx | wire MiB rx | wire bytes per swapped page | kclient requests | block writes (avg KiB, avg ms) | block reads (avg KiB, avg ms) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for w in &args.workloads {
         for &m in &args.sizes {
@@ -566,12 +611,22 @@ fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> String {
                 } else {
                     "-".into()
                 };
+                let blk = |n: &str, kib: &str, ms: &str| {
+                    let ios = r.num(n);
+                    if ios > 0.0 {
+                        format!("{ios:.0} ({:.1}, {:.1})", r.num(kib) / ios, r.num(ms) / ios)
+                    } else {
+                        "-".into()
+                    }
+                };
                 let _ = writeln!(
                     t,
-                    "| {w} | {m} | {b} | {:.0} | {:.0} | {:.0} | {tx} | {rx} | {per_page} | {reqs} |",
+                    "| {w} | {m} | {b} | {:.0} | {:.0} | {:.0} | {tx} | {rx} | {per_page} | {reqs} | {} | {} |",
                     r.num("pswpout"),
                     r.num("pswpin"),
                     r.num("zswpout"),
+                    blk("blk_writes", "blk_write_kib", "blk_write_ms"),
+                    blk("blk_reads", "blk_read_kib", "blk_read_ms"),
                 );
             }
         }

@@ -51,6 +51,8 @@ uptime_cs() { read -r up _ < /proc/uptime; echo "${up%.*}${up#*.}"; }
 netbytes() { cat "/sys/class/net/eth0/statistics/$1" 2>/dev/null || echo 0; }
 kstat() { awk -v k="$1" '$1 == k { print $2 }' /sys/kernel/debug/kclient/stats 2>/dev/null; }
 zram_compr() { [ -r /sys/block/zram0/mm_stat ] && awk '{ print $2 }' /sys/block/zram0/mm_stat; }
+# Block-layer counters of the swap device: "reads read_sectors read_ticks writes write_sectors write_ticks".
+dstat() { [ -n "$dev" ] && awk '{ print $1, $3, $4, $5, $7, $8 }' "/sys/block/${dev#/dev/}/stat" 2>/dev/null || echo 0 0 0 0 0 0; }
 num0() { [ -n "$1" ] && echo "$1" || echo 0; }
 
 runs=0
@@ -67,6 +69,7 @@ if [ "$setup_rc" = 0 ]; then
 			tx0=$(netbytes tx_bytes); rx0=$(netbytes rx_bytes)
 			ks0=$(num0 "$(kstat bytes_sent)"); kr0=$(num0 "$(kstat bytes_received)")
 			kq0=$(num0 "$(kstat requests)")
+			set -- $(dstat); r0=$1 rs0=$2 rt0=$3 w0=$4 ws0=$5 wt0=$6
 			oom0=$(dmesg | grep -c 'Out of memory')
 			t0=$(uptime_cs)
 			case "$w" in
@@ -78,6 +81,8 @@ if [ "$setup_rc" = 0 ]; then
 			rc=$?
 			t1=$(uptime_cs)
 			zc=$(num0 "$(zram_compr)")
+			set -- $(dstat)
+			blk="blk_reads=$(($1 - r0)) blk_read_kib=$((($2 - rs0) / 2)) blk_read_ms=$(($3 - rt0)) blk_writes=$(($4 - w0)) blk_write_kib=$((($5 - ws0) / 2)) blk_write_ms=$(($6 - wt0))"
 			ks1=$(num0 "$(kstat bytes_sent)"); kr1=$(num0 "$(kstat bytes_received)")
 			kq1=$(num0 "$(kstat requests)")
 			ok=fail
@@ -89,7 +94,7 @@ if [ "$setup_rc" = 0 ]; then
 				"pswpin=$(( $(vmstat_val pswpin) - in0 )) pswpout=$(( $(vmstat_val pswpout) - out0 ))" \
 				"zswpin=$(( $(vmstat_val zswpin) - zi0 )) zswpout=$(( $(vmstat_val zswpout) - zo0 ))" \
 				"net_tx=$(( $(netbytes tx_bytes) - tx0 )) net_rx=$(( $(netbytes rx_bytes) - rx0 ))" \
-				"kc_sent=$((ks1 - ks0)) kc_received=$((kr1 - kr0)) kc_requests=$((kq1 - kq0)) zram_compr=$zc"
+				"kc_sent=$((ks1 - ks0)) kc_received=$((kr1 - kr0)) kc_requests=$((kq1 - kq0)) zram_compr=$zc $blk"
 			cat /tmp/run.out
 		done
 	done
