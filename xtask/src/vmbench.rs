@@ -46,6 +46,9 @@ pub struct VmBenchArgs {
     /// Extra Hermit kernel arguments (before `--`), to try kernel settings.
     #[arg(long = "hermit-kernel-arg", allow_hyphen_values = true)]
     hermit_kernel_args: Vec<String>,
+    /// Extra appliance arguments for the Hermit VM only (repeatable), e.g. `--io-model threads`.
+    #[arg(long = "hermit-app-arg", allow_hyphen_values = true)]
+    hermit_app_args: Vec<String>,
     /// Directory with the Hermit `loader` and `appliance` (default: target/images), e.g. a
     /// variant with an experimental kernel patch.
     #[arg(long)]
@@ -182,7 +185,11 @@ pub fn hermit_vs_linux(args: &VmBenchArgs) -> Result<String> {
             ];
             let mut cmd = match vm {
                 Vm::Hermit => {
-                    let app: Vec<&str> = app_args.iter().map(String::as_str).collect();
+                    let app: Vec<&str> = app_args
+                        .iter()
+                        .chain(&args.hermit_app_args)
+                        .map(String::as_str)
+                        .collect();
                     hermit_command_with_kernel_args(
                         &hermit,
                         &args.vm_memory,
