@@ -19,6 +19,7 @@ use crate::NetCounters;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,16 @@ pub(crate) struct EventLoop {
 impl EventLoop {
     pub(crate) fn run(self) -> io::Result<()> {
         self.listener.set_nonblocking(true)?;
+        // Hermit's close blocks until the peer has closed its side too; a peer we drop for bad input
+        // may never do that. Sockets are therefore closed on their own thread, never in the loop.
+        let (closer, to_close) = channel::<TcpStream>();
+        std::thread::Builder::new()
+            .name("closer".into())
+            .spawn(move || {
+                for stream in to_close {
+                    drop(stream);
+                }
+            })?;
         let mut conns: Vec<Conn> = Vec::new();
         let mut nap = MIN_NAP;
         let mut last_sweep = Instant::now();
@@ -78,13 +89,13 @@ impl EventLoop {
                     }
                     end => {
                         let conn = conns.swap_remove(i);
-                        self.closed(&conn, end);
+                        self.closed(conn, end, &closer);
                     }
                 }
             }
             if last_sweep.elapsed() >= TICK {
                 last_sweep = Instant::now();
-                self.sweep(&mut conns);
+                self.sweep(&mut conns, &closer);
             }
             if progress {
                 nap = MIN_NAP;
@@ -94,6 +105,9 @@ impl EventLoop {
             }
         }
         tracing::info!(connections = conns.len(), "shutting down");
+        for conn in conns {
+            let _ = closer.send(conn.stream);
+        }
         Ok(())
     }
 
@@ -135,18 +149,19 @@ impl EventLoop {
         }
     }
 
-    fn closed(&self, conn: &Conn, why: Drive) {
+    fn closed(&self, conn: Conn, why: Drive, closer: &Sender<TcpStream>) {
         let peer = conn.stream.peer_addr().ok();
         match why {
             Drive::Failed(e) => tracing::warn!(?peer, error = %e, "connection closed"),
             _ => tracing::debug!(?peer, "disconnected"),
         }
         self.net.connections.fetch_sub(1, Ordering::Relaxed);
+        let _ = closer.send(conn.stream);
     }
 
     /// Drops peers stalled mid-frame (or not reading replies) past the frame timeout, and gives idle
     /// connections' buffers back.
-    fn sweep(&self, conns: &mut Vec<Conn>) {
+    fn sweep(&self, conns: &mut Vec<Conn>, closer: &Sender<TcpStream>) {
         let mut i = 0;
         while i < conns.len() {
             let c = &mut conns[i];
@@ -156,7 +171,7 @@ impl EventLoop {
                 self.net.malformed.fetch_add(1, Ordering::Relaxed);
                 let conn = conns.swap_remove(i);
                 let e = anyhow::anyhow!("peer stalled mid-frame for {:?}", self.frame_timeout);
-                self.closed(&conn, Drive::Failed(e));
+                self.closed(conn, Drive::Failed(e), closer);
                 continue;
             }
             if !waiting && idle >= TICK {
