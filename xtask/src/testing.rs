@@ -76,6 +76,7 @@ pub fn test_vm() -> Result<()> {
         .args([
             "test",
             "--release",
+            "--no-fail-fast",
             "-p",
             "qemu-tests",
             "--",
