@@ -4,7 +4,8 @@
 //! so a thread per connection means every waiting connection thread spins on the only vCPU. Here one
 //! thread drives every connection through the same sans-IO core as the threaded server
 //! ([`FrameBuffer`], [`Session`], [`ReplyBuffer`]) with non-blocking reads and writes, and sleeps
-//! briefly (backing off to [`MAX_NAP`]) only after a pass in which no socket made progress.
+//! briefly (backing off to [`MAX_NAP`], or [`IDLE_NAP`] once idle for a second) only after a pass in
+//! which no socket made progress.
 //!
 //! It deliberately avoids readiness APIs: on Hermit 0.11, mio's accept calls `fcntl(F_SETFD)`, which
 //! fails, and readiness after the first frame was not reported, while plain non-blocking std sockets
@@ -26,8 +27,14 @@ use std::time::{Duration, Instant};
 /// How often timeouts and idle buffers are checked.
 const TICK: Duration = Duration::from_millis(500);
 
-/// Longest sleep after an idle pass (bounds the latency an idle appliance adds to a new request).
+/// Longest sleep while traffic is recent (bounds the latency a pause adds to the next request).
 const MAX_NAP: Duration = Duration::from_millis(2);
+
+/// Longest sleep once nothing moved for [`IDLE_AFTER`]: waking every 2 ms keeps a TCG vCPU busy.
+const IDLE_NAP: Duration = Duration::from_millis(20);
+
+/// How long without progress before the loop naps longer.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// First sleep after an idle pass.
 const MIN_NAP: Duration = Duration::from_micros(50);
@@ -78,6 +85,7 @@ impl EventLoop {
         let mut conns: Vec<Conn> = Vec::new();
         let mut nap = MIN_NAP;
         let mut last_sweep = Instant::now();
+        let mut last_progress = Instant::now();
         while !self.shared.stopping.load(Ordering::SeqCst) {
             let mut progress = self.accept_all(&mut conns);
             let mut i = 0;
@@ -99,9 +107,15 @@ impl EventLoop {
             }
             if progress {
                 nap = MIN_NAP;
+                last_progress = Instant::now();
             } else {
                 std::thread::sleep(nap);
-                nap = (nap * 2).min(MAX_NAP);
+                let cap = if last_progress.elapsed() >= IDLE_AFTER {
+                    IDLE_NAP
+                } else {
+                    MAX_NAP
+                };
+                nap = (nap * 2).min(cap);
             }
         }
         tracing::info!(connections = conns.len(), "shutting down");
