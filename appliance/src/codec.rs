@@ -97,19 +97,21 @@ pub fn ingest<'a>(
     if let Some(word) = Page::detect_fill(raw) {
         return Ok(Stored::Fill(word));
     }
-    if page.encoding == Encoding::Lz4 && page.data.len() <= raw_threshold {
-        return Ok(Stored::Lz4(page.data));
+    if page.encoding == Encoding::Lz4 {
+        // The client already compressed it with the same algorithm: recompressing would not help.
+        return Ok(if page.data.len() <= raw_threshold {
+            Stored::Lz4(page.data)
+        } else {
+            Stored::Raw(&scratch.raw)
+        });
     }
     let n =
         lz4_flex::block::compress_into_with_table(raw, &mut scratch.compressed, &mut scratch.table)
             .map_err(|_| CodecError::Corrupt)?;
     if n <= raw_threshold {
         Ok(Stored::Lz4(&scratch.compressed[..n]))
-    } else if page.encoding == Encoding::Raw {
-        Ok(Stored::Raw(page.data))
     } else {
-        // Lz4 input above the threshold: `raw` borrows scratch.raw, which outlives this call.
-        Ok(Stored::Raw(&scratch.raw))
+        Ok(Stored::Raw(raw))
     }
 }
 
@@ -245,6 +247,24 @@ mod tests {
             ingest(&good, &mut s, DEFAULT_RAW_THRESHOLD),
             Ok(Stored::Lz4(_))
         ));
+    }
+
+    #[test]
+    fn lz4_input_above_the_threshold_is_kept_raw() {
+        let page = text_page();
+        let compressed = lz4_flex::block::compress(&page);
+        let lz = Page {
+            encoding: Encoding::Lz4,
+            crc: checksum(&page),
+            data: &compressed,
+        };
+        let mut s = Scratch::default();
+        assert_eq!(ingest(&lz, &mut s, 0).unwrap(), Stored::Raw(&page[..]));
+        let mut s = Scratch::default();
+        assert_eq!(
+            ingest(&lz, &mut s, DEFAULT_RAW_THRESHOLD).unwrap(),
+            Stored::Lz4(&compressed[..])
+        );
     }
 
     proptest! {
