@@ -4,11 +4,14 @@
 //!
 //! - Each blk-mq hardware queue maps to its own connection (falling back to any live one), with its
 //!   own send lock and receive thread: no global lock on the I/O path.
-//! - A page operation's wire request id is (request generation, hardware queue, tag, page), so
-//!   replies may arrive in any order and stale replies (after a timeout) are recognised and dropped.
-//! - Write = PUT_PAGE per 4 KiB page, read = GET_PAGE, discard = FLUSH_PAGE. A bitmap remembers which
-//!   pages were stored: reads of other pages return zeros without a round trip, and a stored page the
+//! - Write = PUT_PAGE per 4 KiB page, read = GET_PAGE, discard = FLUSH_PAGE; consecutive pages of a
+//!   request travel as one BATCH frame of up to 64 operations ([`PageRunId`] names the run), so a
+//!   256 KiB write costs one frame and one reply, not 64. A bitmap remembers which pages were
+//!   stored: reads of other pages return zeros without a round trip, and a stored page the
 //!   appliance no longer has is an I/O error, never silent zeros.
+//! - A run's wire request id is (request generation, hardware queue, tag, first page, page count),
+//!   so replies may arrive in any order and stale replies (after a timeout) are recognised and
+//!   dropped.
 //! - A lost connection fails everything in flight on it at once; the receive thread reconnects with
 //!   exponential backoff, moving through the configured targets. While no connection is up, new I/O
 //!   waits at most `io_timeout_ms` from the moment the last connection was lost, then fails at once.
@@ -21,22 +24,68 @@ use kernel::sync::{new_mutex, new_spinlock, Arc, Mutex, SpinLock};
 use crate::blk::{self, Driver, Inflight, Op, TagSet};
 use crate::net::{SocketAddr, TcpStream};
 use crate::protocol::{
-    self, crc32c, Encoding, Header, Hello, NewPool, Page, PageKey, PoolKind, Reply, Request,
-    Status, HEADER_LEN, KEY_LEN, PAGE_HEADER_LEN, PAGE_SIZE,
+    self, crc32c, BatchWriter, Encoding, Header, Hello, NewPool, Page, PageKey, PoolKind, Reply,
+    Request, Status, BATCH_ENTRY_HEADER_LEN, HEADER_LEN, MAX_BATCH, MAX_ERROR_MESSAGE, MAX_FRAME,
+    MAX_PAYLOAD, PAGE_HEADER_LEN, PAGE_SIZE,
 };
 use crate::stats::{self, STATS};
 use crate::thread::{self, KThread};
 
 /// Request id of control operations (HELLO, NEW_POOL, DESTROY_POOL); page ids never use it.
 const CONTROL_ID: u64 = u64::MAX;
-/// Largest frame we send: a raw PUT_PAGE.
-const SEND_FRAME_MAX: usize = HEADER_LEN + KEY_LEN + PAGE_HEADER_LEN + PAGE_SIZE;
-/// Largest reply payload we accept: a raw page, or an error message.
-const RECV_PAYLOAD_MAX: usize = PAGE_HEADER_LEN + PAGE_SIZE + 256;
+/// Largest frame we send: a BATCH of raw PUT_PAGEs.
+const SEND_FRAME_MAX: usize = MAX_FRAME;
+/// Largest reply payload we accept: the protocol's limit (a BATCH of raw pages fits).
+const RECV_PAYLOAD_MAX: usize = MAX_PAYLOAD;
 /// Most targets in `remote_target`.
 pub(crate) const MAX_TARGETS: usize = 8;
 /// Object id of our pages: one swap device per pool.
 const OBJECT: [u64; 3] = [0, 0, 0];
+
+/// Names a run of consecutive pages of one block request on the wire: the request id of its frame
+/// (a single page operation, or a BATCH when `count > 1`).
+///
+/// Layout: generation (24 bits) | hardware queue (8) | tag (16) | count - 1 (8) | first page (8).
+/// The reply to a run must have exactly `count` answers, so a reply cannot answer pages of another
+/// run of the same request.
+#[derive(Clone, Copy)]
+struct PageRunId {
+    gen: u32,
+    hctx: u32,
+    tag: u32,
+    first: u32,
+    count: u32,
+}
+
+impl PageRunId {
+    fn to_wire(self) -> u64 {
+        (u64::from(self.gen) << 40)
+            | (u64::from(self.hctx & 0xff) << 32)
+            | (u64::from(self.tag & 0xffff) << 16)
+            | (u64::from(self.count.wrapping_sub(1) & 0xff) << 8)
+            | u64::from(self.first & 0xff)
+    }
+
+    /// Longest reply payload the run can have: a raw page (or an error message) per page, plus the
+    /// BATCH framing when there are several.
+    fn max_reply_len(self) -> usize {
+        let answer = PAGE_HEADER_LEN + PAGE_SIZE.max(MAX_ERROR_MESSAGE);
+        match self.count {
+            1 => answer,
+            n => 4 + n as usize * (BATCH_ENTRY_HEADER_LEN + answer),
+        }
+    }
+
+    fn from_wire(id: u64) -> Self {
+        Self {
+            gen: (id >> 40) as u32,
+            hctx: ((id >> 32) & 0xff) as u32,
+            tag: ((id >> 16) & 0xffff) as u32,
+            count: ((id >> 8) & 0xff) as u32 + 1,
+            first: (id & 0xff) as u32,
+        }
+    }
+}
 
 /// Error codes the 6.12 `kernel::error::code` module does not name.
 fn errno(code: u32) -> Error {
@@ -123,7 +172,8 @@ struct Session {
 
 /// Buffers for building frames; the lock around them also keeps frames whole on the wire.
 struct SendBufs {
-    frame: KVec<u8>,
+    /// Up to a whole BATCH frame (~264 KiB): vmalloc, not a high-order kmalloc.
+    frame: VVec<u8>,
     page: KVec<u8>,
 }
 
@@ -143,7 +193,7 @@ pub(crate) struct Conn {
 
 impl Conn {
     fn new(idx: u32) -> Result<Arc<Self>> {
-        let frame = KVec::from_elem(0u8, SEND_FRAME_MAX, GFP_KERNEL)?;
+        let frame = VVec::from_elem(0u8, SEND_FRAME_MAX, GFP_KERNEL)?;
         let page = KVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?;
         Arc::pin_init(
             pin_init!(Self {
@@ -496,7 +546,7 @@ impl Client {
 
     fn receive_loop(&self, conn: &Conn, stream: &TcpStream) -> Error {
         let mut header = [0u8; HEADER_LEN];
-        let mut payload = match KVec::from_elem(0u8, RECV_PAYLOAD_MAX, GFP_KERNEL) {
+        let mut payload = match VVec::from_elem(0u8, RECV_PAYLOAD_MAX, GFP_KERNEL) {
             Ok(p) => p,
             Err(e) => return e.into(),
         };
@@ -522,7 +572,11 @@ impl Client {
                 return eproto();
             };
             let len = h.payload_len as usize;
-            if !h.is_reply() || len > RECV_PAYLOAD_MAX {
+            let limit = match h.request_id {
+                CONTROL_ID => RECV_PAYLOAD_MAX,
+                id => PageRunId::from_wire(id).max_reply_len().min(RECV_PAYLOAD_MAX),
+            };
+            if !h.is_reply() || len > limit {
                 stats::inc(&STATS.protocol_errors);
                 return eproto();
             }
@@ -543,14 +597,8 @@ impl Client {
     }
 
     fn handle_reply(&self, conn: &Conn, h: &Header, body: &[u8], page: &mut [u8; PAGE_SIZE]) {
-        let id = h.request_id;
-        let (gen, hctx, tag, part) = (
-            (id >> 40) as u32,
-            ((id >> 32) & 0xff) as u32,
-            ((id >> 16) & 0xffff) as u32,
-            (id & 0xffff) as u32,
-        );
-        let Some(rq) = self.set.acquire(hctx, tag, gen) else {
+        let id = PageRunId::from_wire(h.request_id);
+        let Some(rq) = self.set.acquire(id.hctx, id.tag, id.gen) else {
             stats::inc(&STATS.stale_replies);
             return;
         };
@@ -569,30 +617,84 @@ impl Client {
                 return;
             }
         };
-        // Each part of the request is answered once: an id with a part the request does not have,
-        // or a second answer for a part, is a protocol error (it must not complete the request
-        // while other parts are unanswered, nor mark pages outside the request as stored).
-        if h.opcode != expected as u8 || !rq.claim_part(part) {
-            stats::inc(&STATS.protocol_errors);
-            rq.fail(blk::Status::IoErr);
+        if id.count == 1 {
+            if h.opcode != expected as u8 {
+                stats::inc(&STATS.protocol_errors);
+                rq.fail(blk::Status::IoErr);
+                return;
+            }
+            let reply = Reply::parse(h.opcode, h.status, body);
+            self.complete_part(&rq, id.first, reply, page);
             return;
         }
+        // A run of several pages went as one BATCH: its reply has exactly one entry per page, in
+        // order (an error for the whole batch fails the request).
+        let entries = match Reply::parse(h.opcode, h.status, body) {
+            Ok(Reply::Batch(entries))
+                if h.opcode == protocol::Opcode::Batch as u8 && entries.len() == id.count as usize =>
+            {
+                entries
+            }
+            Ok(Reply::Error { status, .. }) if h.opcode == protocol::Opcode::Batch as u8 => {
+                self.fail_with(&rq, status);
+                return;
+            }
+            _ => {
+                stats::inc(&STATS.protocol_errors);
+                rq.fail(blk::Status::IoErr);
+                return;
+            }
+        };
+        for (part, entry) in (id.first..).zip(entries) {
+            if entry.opcode != expected as u8 {
+                stats::inc(&STATS.protocol_errors);
+                rq.fail(blk::Status::IoErr);
+                return;
+            }
+            if !self.complete_part(&rq, part, entry.reply(), page) {
+                return;
+            }
+        }
+    }
+
+    /// Fails `rq` for an error status the appliance returned for (part of) it.
+    fn fail_with(&self, rq: &Inflight<'_>, status: Status) {
+        match rq.op() {
+            Op::Write => stats::inc(&STATS.failed_puts),
+            Op::Read => stats::inc(&STATS.failed_gets),
+            _ => stats::inc(&STATS.failed_flushes),
+        }
+        if rq.op() == Op::Write && matches!(status, Status::NoSpace | Status::QuotaExceeded) {
+            stats::inc(&STATS.puts_refused);
+            rq.fail(blk::Status::NoSpace);
+        } else {
+            rq.fail(blk::Status::IoErr);
+        }
+    }
+
+    /// Applies the appliance's answer for one page (`part`) of `rq`. Returns false once the
+    /// request has failed (the rest of a batch reply is then ignored).
+    fn complete_part(
+        &self,
+        rq: &Inflight<'_>,
+        part: u32,
+        reply: core::result::Result<Reply<'_>, protocol::WireError>,
+        page: &mut [u8; PAGE_SIZE],
+    ) -> bool {
+        // Each part of the request is answered once: a part the request does not have, or a
+        // second answer for a part, is a protocol error (it must not complete the request while
+        // other parts are unanswered, nor mark pages outside the request as stored).
+        if !rq.claim_part(part) {
+            stats::inc(&STATS.protocol_errors);
+            rq.fail(blk::Status::IoErr);
+            return false;
+        }
         let index = rq.sector() / 8 + u64::from(part);
-        let reply = Reply::parse(h.opcode, h.status, body);
         match (rq.op(), reply) {
             (Op::Write, Ok(Reply::Done)) => {
                 self.set_stored(index, true);
                 stats::inc(&STATS.pages_stored);
                 rq.page_done();
-            }
-            (Op::Write, Ok(Reply::Error { status, .. })) => {
-                stats::inc(&STATS.failed_puts);
-                if matches!(status, Status::NoSpace | Status::QuotaExceeded) {
-                    stats::inc(&STATS.puts_refused);
-                    rq.fail(blk::Status::NoSpace);
-                } else {
-                    rq.fail(blk::Status::IoErr);
-                }
             }
             (Op::Read, Ok(Reply::Page(p))) => {
                 if decode_page(&p, page).is_ok() && rq.copy_in(part as usize * PAGE_SIZE, page) {
@@ -601,14 +703,15 @@ impl Client {
                 } else {
                     stats::inc(&STATS.failed_gets);
                     rq.fail(blk::Status::IoErr);
+                    return false;
                 }
             }
             (Op::Read, Ok(Reply::Error { status, .. })) => {
-                stats::inc(&STATS.failed_gets);
                 if status == Status::NotFound {
                     stats::inc(&STATS.lost_pages);
                 }
-                rq.fail(blk::Status::IoErr);
+                self.fail_with(rq, status);
+                return false;
             }
             (Op::Discard, Ok(Reply::Done))
             | (
@@ -621,15 +724,17 @@ impl Client {
                 stats::inc(&STATS.pages_discarded);
                 rq.page_done();
             }
-            (Op::Discard, _) => {
-                stats::inc(&STATS.failed_flushes);
-                rq.fail(blk::Status::IoErr);
+            (Op::Write | Op::Discard, Ok(Reply::Error { status, .. })) => {
+                self.fail_with(rq, status);
+                return false;
             }
             _ => {
                 stats::inc(&STATS.protocol_errors);
                 rq.fail(blk::Status::IoErr);
+                return false;
             }
         }
+        true
     }
 
     /// A live connection for hardware queue `hctx`, waiting (bounded) while all are down.
@@ -680,67 +785,44 @@ impl Client {
             rq.succeed();
             return Ok(());
         }
-        rq.set_pending(pages as u32);
+        let pages = pages as u32;
+        rq.set_pending(pages);
         let conn = self.pick_conn(hctx).ok_or(blk::Status::IoErr)?;
         rq.set_owner(conn.idx);
         let mut guard = conn.send.lock();
-        let bufs = &mut *guard;
         let stream = conn.stream().ok_or(blk::Status::IoErr)?;
         let pool = conn.pool.load(Ordering::Acquire);
-        let gen = u64::from(rq.gen() & blk::GEN_MASK);
-        for part in 0..pages {
-            let index = first + part;
-            let key = PageKey {
-                pool,
-                object: OBJECT,
-                index: index as u32,
+        let mut part = 0;
+        while part < pages {
+            // Reads of pages never stored are zeros, answered here without a round trip.
+            if op == Op::Read && !self.is_stored(first + u64::from(part)) {
+                guard.page.fill(0);
+                // Claimed like a reply: a forged reply for this part cannot also count.
+                let offset = part as usize * PAGE_SIZE;
+                if !rq.claim_part(part) || !rq.copy_in(offset, &guard.page) {
+                    return Err(blk::Status::IoErr);
+                }
+                stats::inc(&STATS.pages_loaded_zero);
+                rq.page_done();
+                part += 1;
+                continue;
+            }
+            // A run of pages that go to the appliance: up to MAX_BATCH in one frame.
+            let mut count = 1;
+            while part + count < pages
+                && count < MAX_BATCH as u32
+                && (op != Op::Read || self.is_stored(first + u64::from(part + count)))
+            {
+                count += 1;
+            }
+            let id = PageRunId {
+                gen: rq.gen() & blk::GEN_MASK,
+                hctx,
+                tag: rq.tag(),
+                first: part,
+                count,
             };
-            let id = (gen << 40)
-                | (u64::from(hctx & 0xff) << 32)
-                | (u64::from(rq.tag() & 0xffff) << 16)
-                | part;
-            let offset = (part as usize) * PAGE_SIZE;
-            let sent = match op {
-                Op::Read if !self.is_stored(index) => {
-                    bufs.page.fill(0);
-                    // Claimed like a reply: a forged reply for this part cannot also count.
-                    if !rq.claim_part(part as u32) || !rq.copy_in(offset, &bufs.page) {
-                        return Err(blk::Status::IoErr);
-                    }
-                    stats::inc(&STATS.pages_loaded_zero);
-                    rq.page_done();
-                    continue;
-                }
-                Op::Read => send_request(&stream, &mut bufs.frame, &Request::Get { key }, id, 0),
-                Op::Write => {
-                    if !rq.copy_out(offset, &mut bufs.page) {
-                        return Err(blk::Status::IoErr);
-                    }
-                    let Ok(data) = <&[u8; PAGE_SIZE]>::try_from(&bufs.page[..]) else {
-                        return Err(blk::Status::IoErr);
-                    };
-                    let crc = crc32c(data);
-                    let fill = Page::detect_fill(data).map(u64::to_le_bytes);
-                    let page = match &fill {
-                        Some(word) => Page {
-                            encoding: Encoding::Fill,
-                            crc,
-                            data: word,
-                        },
-                        None => Page {
-                            encoding: Encoding::Raw,
-                            crc,
-                            data,
-                        },
-                    };
-                    send_request(&stream, &mut bufs.frame, &Request::Put { key, page }, id, 0)
-                }
-                _ => {
-                    self.set_stored(index, false);
-                    send_request(&stream, &mut bufs.frame, &Request::FlushPage { key }, id, 0)
-                }
-            };
-            if let Err(e) = sent {
+            if let Err(e) = self.send_run(&stream, &mut guard, rq, pool, id) {
                 if stats::STATS.send_errors.fetch_add(1, Ordering::Relaxed) < 10 {
                     pr_warn!(
                         "send on connection {} failed (error {})\n",
@@ -751,8 +833,88 @@ impl Client {
                 stream.shutdown();
                 return Err(blk::Status::IoErr);
             }
+            part += count;
         }
         Ok(())
+    }
+
+    /// Sends the pages `id.first..id.first + id.count` of `rq`: one page as its own frame, more as
+    /// one BATCH frame (one header, one reply, one wake-up on each side for up to 64 pages).
+    fn send_run(
+        &self,
+        stream: &TcpStream,
+        bufs: &mut SendBufs,
+        rq: &Inflight<'_>,
+        pool: u32,
+        id: PageRunId,
+    ) -> Result {
+        let SendBufs { frame, page } = bufs;
+        let mut fill = [0u8; 8];
+        let base = rq.sector() / 8;
+        let wire_id = id.to_wire();
+        let len = if id.count == 1 {
+            let req = self.page_request(rq, pool, base, id.first, page, &mut fill)?;
+            req.emit(wire_id, 0, frame).map_err(|_| EINVAL)?
+        } else {
+            let mut batch = BatchWriter::new(frame).map_err(|_| EINVAL)?;
+            for part in id.first..id.first + id.count {
+                let req = self.page_request(rq, pool, base, part, page, &mut fill)?;
+                batch.push_request(&req, 0).map_err(|_| EINVAL)?;
+            }
+            batch.finish_request(wire_id, 0).map_err(|_| EINVAL)?
+        };
+        stream.send(frame.get(..len).ok_or(EINVAL)?)?;
+        stats::add(&STATS.bytes_sent, len as u64);
+        Ok(())
+    }
+
+    /// The page operation for part `part` of `rq`; a write's data is copied into `page` (or
+    /// `fill`, for a page of one repeated word) first.
+    fn page_request<'p>(
+        &self,
+        rq: &Inflight<'_>,
+        pool: u32,
+        base: u64,
+        part: u32,
+        page: &'p mut KVec<u8>,
+        fill: &'p mut [u8; 8],
+    ) -> Result<Request<'p>> {
+        let index = base + u64::from(part);
+        let key = PageKey {
+            pool,
+            object: OBJECT,
+            index: index as u32,
+        };
+        Ok(match rq.op() {
+            Op::Read => Request::Get { key },
+            Op::Write => {
+                if !rq.copy_out(part as usize * PAGE_SIZE, page) {
+                    return Err(EIO);
+                }
+                let data = <&[u8; PAGE_SIZE]>::try_from(&page[..]).map_err(|_| EINVAL)?;
+                let crc = crc32c(data);
+                let page = match Page::detect_fill(data) {
+                    Some(word) => {
+                        *fill = word.to_le_bytes();
+                        Page {
+                            encoding: Encoding::Fill,
+                            crc,
+                            data: &fill[..],
+                        }
+                    }
+                    None => Page {
+                        encoding: Encoding::Raw,
+                        crc,
+                        data,
+                    },
+                };
+                Request::Put { key, page }
+            }
+            _ => {
+                self.set_stored(index, false);
+                Request::FlushPage { key }
+            }
+        })
     }
 }
 

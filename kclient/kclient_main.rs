@@ -47,8 +47,9 @@ module! {
     license: "GPL",
 }
 
-/// Largest request in pages (reads and writes; discards may be up to 1 MiB).
-const MAX_PAGES: u32 = 32;
+/// Largest request in pages (1 MiB, the most parts a request may have: `blk::MAX_PARTS`); it
+/// travels as BATCH frames of up to 64 pages.
+const MAX_PAGES: u32 = 256;
 /// Tags per hardware queue.
 const QUEUE_DEPTH: u32 = 128;
 

@@ -314,20 +314,6 @@ fn page_payload(encoding: u8, crc: u32, declared_len: u32, data: &[u8]) -> Vec<u
     p
 }
 
-/// A correct GET reply for the page stored under `key` (NOT_FOUND if none).
-fn honest_get(shared: &Shared, id: u64, pool: u32, index: u32) -> Vec<u8> {
-    let pages = shared.pages.lock().unwrap_or_else(|e| e.into_inner());
-    match pages.get(&(pool, index)) {
-        Some((crc, data)) => reply_frame(
-            Opcode::GetPage as u8,
-            id,
-            0,
-            &page_payload(0, *crc, PAGE_SIZE as u32, data),
-        ),
-        None => reply_frame(Opcode::GetPage as u8, id, Status::NotFound as u16, b""),
-    }
-}
-
 fn done_reply(opcode: Opcode, id: u64) -> Vec<u8> {
     reply_frame(opcode as u8, id, 0, b"")
 }
@@ -353,6 +339,131 @@ fn batch_reply(id: u64) -> Vec<u8> {
     reply_frame(Opcode::Batch as u8, id, 0, &p)
 }
 
+/// One answer to one page operation: what a standalone reply frame or a BATCH reply entry carries.
+#[derive(Clone)]
+struct Answer {
+    opcode: u8,
+    status: u16,
+    payload: Vec<u8>,
+}
+
+impl Answer {
+    fn new(opcode: Opcode, status: Status, payload: Vec<u8>) -> Answer {
+        Answer {
+            opcode: opcode as u8,
+            status: status as u16,
+            payload,
+        }
+    }
+}
+
+/// The reply frame for request `id`: the one answer as a frame, or every answer in a BATCH reply.
+fn frame_of(id: u64, answers: &[Answer], batch: bool) -> Vec<u8> {
+    match answers {
+        [a] if !batch => reply_frame(a.opcode, id, a.status, &a.payload),
+        _ => {
+            let mut p = Vec::new();
+            p.extend_from_slice(&(answers.len() as u16).to_le_bytes());
+            p.extend_from_slice(&0u16.to_le_bytes());
+            for a in answers {
+                p.push(a.opcode);
+                p.push(flags::REPLY as u8);
+                p.extend_from_slice(&a.status.to_le_bytes());
+                p.extend_from_slice(&(a.payload.len() as u32).to_le_bytes());
+                p.extend_from_slice(&a.payload);
+            }
+            reply_frame(Opcode::Batch as u8, id, 0, &p)
+        }
+    }
+}
+
+/// A correct GET answer for the page stored under (`pool`, `index`) (NOT_FOUND if none).
+fn honest_get(shared: &Shared, pool: u32, index: u32) -> Answer {
+    let pages = shared.pages.lock().unwrap_or_else(|e| e.into_inner());
+    match pages.get(&(pool, index)) {
+        Some((crc, data)) => Answer::new(
+            Opcode::GetPage,
+            Status::Ok,
+            page_payload(0, *crc, PAGE_SIZE as u32, data),
+        ),
+        None => Answer::new(Opcode::GetPage, Status::NotFound, Vec::new()),
+    }
+}
+
+/// The correct answer to a page operation. Puts are remembered for good pages (and for every page
+/// in honest mode); the others are answered "done" without being stored.
+fn honest_answer(shared: &Shared, req: &Request<'_>) -> Answer {
+    match req {
+        Request::Put { key, page } => {
+            let mut data = vec![0u8; PAGE_SIZE];
+            match page.encoding {
+                Encoding::Raw if page.data.len() == PAGE_SIZE => data.copy_from_slice(page.data),
+                Encoding::Fill => {
+                    let word = page.fill_word().unwrap_or(0);
+                    if let Ok(arr) = <&mut [u8; PAGE_SIZE]>::try_from(&mut data[..]) {
+                        Page::expand_fill(word, arr);
+                    }
+                }
+                _ => return Answer::new(Opcode::PutPage, Status::CorruptPayload, Vec::new()),
+            }
+            if shared.mode == Mode::Honest || key.index < GOOD_PAGES {
+                shared
+                    .pages
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((key.pool, key.index), (crc32c(&data), data));
+            }
+            Answer::new(Opcode::PutPage, Status::Ok, Vec::new())
+        }
+        Request::Get { key } => honest_get(shared, key.pool, key.index),
+        Request::FlushPage { .. } => Answer::new(Opcode::FlushPage, Status::Ok, Vec::new()),
+        other => Answer::new(other.opcode(), Status::UnknownOpcode, Vec::new()),
+    }
+}
+
+/// Whether the mode misbehaves on this page operation: gets, puts of pages >= [`GOOD_PAGES`], and
+/// (when stalling) flushes.
+fn misbehaves_on(mode: Mode, req: &Request<'_>) -> bool {
+    match req {
+        _ if mode == Mode::Honest => false,
+        Request::Get { .. } => true,
+        Request::Put { key, .. } => key.index >= GOOD_PAGES,
+        Request::FlushPage { .. } => mode == Mode::Stall,
+        _ => false,
+    }
+}
+
+/// `answer` made wrong in one of six ways (`n` picks): for a get a bad CRC, a wrong length, an
+/// unknown encoding, LZ4 nobody asked for, a fill word that does not match, the wrong opcode; for a
+/// put a FLUSH_PAGE "done".
+fn bad_answer(answer: &Answer, n: u64) -> Answer {
+    if answer.opcode != Opcode::GetPage as u8 {
+        return Answer::new(Opcode::FlushPage, Status::Ok, Vec::new());
+    }
+    let data = answer
+        .payload
+        .get(12..)
+        .filter(|d| d.len() == PAGE_SIZE)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_else(|| vec![0x33; PAGE_SIZE]);
+    let crc = crc32c(&data);
+    let page = |p| Answer::new(Opcode::GetPage, Status::Ok, p);
+    match n % 6 {
+        // The right data, a wrong CRC.
+        0 => page(page_payload(0, crc ^ 1, 4096, &data)),
+        // Raw page one byte short.
+        1 => page(page_payload(0, crc, 4095, &data[..4095])),
+        // An encoding that does not exist.
+        2 => page(page_payload(9, crc, 4096, &data)),
+        // LZ4 (not requested: kclient never sets ACCEPT_LZ4).
+        3 => page(page_payload(1, crc, 16, &[0u8; 16])),
+        // A fill page whose CRC does not match its word.
+        4 => page(page_payload(2, crc, 8, &[7u8; 8])),
+        // The wrong opcode: "PUT done" as the answer to a GET.
+        _ => Answer::new(Opcode::PutPage, Status::Ok, Vec::new()),
+    }
+}
+
 fn handle(stream: &mut TcpStream, shared: &Shared, h: &Header, body: &[u8]) -> io::Result<Next> {
     let id = h.request_id;
     let Ok(req) = Request::parse(h.opcode, body) else {
@@ -361,10 +472,10 @@ fn handle(stream: &mut TcpStream, shared: &Shared, h: &Header, body: &[u8]) -> i
     };
     let mut out = [0u8; 256];
     match req {
-        Request::Hello(_) if shared.mode == Mode::HelloStall => return Ok(Next::Continue),
+        Request::Hello(_) if shared.mode == Mode::HelloStall => Ok(Next::Continue),
         Request::Hello(_) if shared.mode == Mode::HelloGarbage => {
             stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n garbage garbage garbage")?;
-            return Ok(Next::Continue);
+            Ok(Next::Continue)
         }
         Request::Hello(_) => {
             let reply = Reply::Hello(HelloReply {
@@ -377,65 +488,32 @@ fn handle(stream: &mut TcpStream, shared: &Shared, h: &Header, body: &[u8]) -> i
                 .emit(h.opcode, id, &mut out)
                 .map_err(|e| io::Error::other(format!("{e:?}")))?;
             stream.write_all(&out[..n])?;
-            return Ok(Next::Continue);
+            Ok(Next::Continue)
         }
         Request::NewPool(_) => {
             let n = Reply::NewPool { pool: 7 }
                 .emit(h.opcode, id, &mut out)
                 .map_err(|e| io::Error::other(format!("{e:?}")))?;
             stream.write_all(&out[..n])?;
-            return Ok(Next::Continue);
+            Ok(Next::Continue)
         }
-        Request::DestroyPool { .. } | Request::FlushPage { .. } => {
-            if shared.mode != Mode::Stall {
-                stream.write_all(&done_reply(
-                    Opcode::from_u8(h.opcode).unwrap_or(Opcode::FlushPage),
-                    id,
-                ))?;
-            }
-            return Ok(Next::Continue);
+        Request::DestroyPool { .. } => {
+            stream.write_all(&done_reply(Opcode::DestroyPool, id))?;
+            Ok(Next::Continue)
         }
-        Request::Put { key, page } if shared.mode == Mode::Honest || key.index < GOOD_PAGES => {
-            let mut data = vec![0u8; PAGE_SIZE];
-            match page.encoding {
-                Encoding::Raw => data.copy_from_slice(page.data),
-                Encoding::Fill => {
-                    let word = page.fill_word().unwrap_or(0);
-                    let arr: &mut [u8; PAGE_SIZE] = (&mut data[..])
-                        .try_into()
-                        .map_err(|_| io::Error::other("page size"))?;
-                    Page::expand_fill(word, arr);
-                }
-                Encoding::Lz4 => {
-                    stream.write_all(&reply_frame(
-                        h.opcode,
-                        id,
-                        Status::CorruptPayload as u16,
-                        b"",
-                    ))?;
-                    return Ok(Next::Continue);
+        Request::Batch(entries) => {
+            let reqs: Result<Vec<Request<'_>>, _> = entries.map(|e| e.request()).collect();
+            match reqs {
+                Ok(reqs) => page_ops(stream, shared, id, &reqs, true),
+                Err(_) => {
+                    stream.write_all(&reply_frame(h.opcode, id, Status::Malformed as u16, b""))?;
+                    Ok(Next::Continue)
                 }
             }
-            shared
-                .pages
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert((key.pool, key.index), (crc32c(&data), data));
-            if shared.mode == Mode::Unsolicited {
-                stream.write_all(&stats_reply(0x00ab_cdef_0000_0000))?;
-                stream.write_all(&stats_reply(CONTROL_ID))?;
-            }
-            if shared.mode == Mode::WrongId {
-                stream.write_all(&done_reply(Opcode::PutPage, id ^ (1 << 40)))?;
-            }
-            stream.write_all(&done_reply(Opcode::PutPage, id))?;
-            return Ok(Next::Continue);
         }
-        Request::Get { key } if shared.mode == Mode::Honest => {
-            stream.write_all(&honest_get(shared, id, key.pool, key.index))?;
-            return Ok(Next::Continue);
+        Request::Put { .. } | Request::Get { .. } | Request::FlushPage { .. } => {
+            page_ops(stream, shared, id, &[req], false)
         }
-        Request::Put { .. } | Request::Get { .. } => {}
         _ => {
             stream.write_all(&reply_frame(
                 h.opcode,
@@ -443,17 +521,36 @@ fn handle(stream: &mut TcpStream, shared: &Shared, h: &Header, body: &[u8]) -> i
                 Status::UnknownOpcode as u16,
                 b"",
             ))?;
-            return Ok(Next::Continue);
+            Ok(Next::Continue)
         }
     }
+}
 
-    // A page request to misbehave on.
+/// Answers page operations (one frame, or the entries of a BATCH): honestly, or per the mode.
+fn page_ops(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    id: u64,
+    reqs: &[Request<'_>],
+    batch: bool,
+) -> io::Result<Next> {
+    let misbehave = reqs.iter().any(|r| misbehaves_on(shared.mode, r));
+    let honest: Vec<Answer> = reqs.iter().map(|r| honest_answer(shared, r)).collect();
+    if !misbehave {
+        if reqs.iter().any(|r| matches!(r, Request::Put { .. })) {
+            if shared.mode == Mode::Unsolicited {
+                stream.write_all(&stats_reply(0x00ab_cdef_0000_0000))?;
+                stream.write_all(&stats_reply(CONTROL_ID))?;
+            }
+            if shared.mode == Mode::WrongId {
+                stream.write_all(&frame_of(id ^ (1 << 40), &honest, batch))?;
+            }
+        }
+        stream.write_all(&frame_of(id, &honest, batch))?;
+        return Ok(Next::Continue);
+    }
+
     shared.counters.misbehaved.fetch_add(1, Ordering::Relaxed);
-    let is_get = matches!(req, Request::Get { .. });
-    let (pool, index) = match req {
-        Request::Get { key } | Request::Put { key, .. } => (key.pool, key.index),
-        _ => (0, 0),
-    };
     let n = shared.next();
     let part = id & 0xffff;
     match shared.mode {
@@ -463,18 +560,14 @@ fn handle(stream: &mut TcpStream, shared: &Shared, h: &Header, body: &[u8]) -> i
                 // Not a frame at all.
                 0 => (0..64u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect(),
                 // Right magic, unknown version.
-                1 => raw_frame(b"TMEM", 9, h.opcode, flags::REPLY, id, 0),
+                1 => raw_frame(b"TMEM", 9, Opcode::GetPage as u8, flags::REPLY, id, 0),
                 // A request (no REPLY flag) from the appliance.
-                _ => raw_frame(b"TMEM", protocol::VERSION, h.opcode, 0, id, 0),
+                _ => raw_frame(b"TMEM", protocol::VERSION, Opcode::GetPage as u8, 0, id, 0),
             };
             stream.write_all(&junk)?;
         }
         Mode::Truncated => {
-            let full = if is_get {
-                honest_get(shared, id, pool, index)
-            } else {
-                done_reply(Opcode::PutPage, id)
-            };
+            let full = frame_of(id, &honest, batch);
             // For a page reply: the header and 100 bytes of payload; for "done" (no payload):
             // half a header.
             let cut = if full.len() > HEADER_LEN + 100 {
@@ -491,70 +584,49 @@ fn handle(stream: &mut TcpStream, shared: &Shared, h: &Header, body: &[u8]) -> i
             let len = if n.is_multiple_of(2) {
                 u32::MAX
             } else {
-                // Allowed by the protocol's frame limit, more than any page reply.
+                // Allowed by the protocol's frame limit, more than any reply to <= 32 pages.
                 200_000
             };
-            let mut f = raw_frame(b"TMEM", protocol::VERSION, h.opcode, flags::REPLY, id, len);
+            let opcode = if batch {
+                Opcode::Batch
+            } else {
+                Opcode::GetPage
+            };
+            let mut f = raw_frame(
+                b"TMEM",
+                protocol::VERSION,
+                opcode as u8,
+                flags::REPLY,
+                id,
+                len,
+            );
             f.extend_from_slice(&vec![0x41; 8192]);
             stream.write_all(&f)?;
         }
         Mode::WrongId => {
             let mut ids = vec![
-                id ^ (1 << 40),                      // another generation
-                id ^ (1 << 16),                      // another tag
-                (id & !(0xff << 32)) | (0x7f << 32), // a hardware queue that does not exist
-                (id & !0xffff) | (part + 0x100),     // a page part the request does not have
+                id ^ (1 << 40),                             // another generation
+                id ^ (1 << 16),                             // another tag
+                (id & !(0xff << 32)) | (0x7f << 32),        // a hardware queue that does not exist
+                (id & !0xffff) | ((part + 0x100) & 0xffff), // another page count (a run it is not)
             ];
             if part != 0 {
-                // Part 0 again (a duplicate of another part's answer).
+                // Pages of another run of the request (a duplicate of their answer).
                 ids.push(id & !0xffff);
             }
             for bad in ids {
-                let f = if is_get {
-                    honest_get(shared, bad, pool, index)
-                } else {
-                    done_reply(Opcode::PutPage, bad)
-                };
-                stream.write_all(&f)?;
+                stream.write_all(&frame_of(bad, &honest, batch))?;
             }
         }
         Mode::Duplicate => {
-            let as_part0 = id & !0xffff;
-            let f = if is_get {
-                honest_get(shared, as_part0, pool, index)
-            } else {
-                done_reply(Opcode::PutPage, as_part0)
-            };
-            stream.write_all(&f)?;
+            // Every page's answer as its own frame, each claiming to be the request's first page.
+            for a in &honest {
+                stream.write_all(&frame_of(id & !0xffff, std::slice::from_ref(a), false))?;
+            }
         }
         Mode::BadReply => {
-            let f = if is_get {
-                let good = honest_get(shared, id, pool, index);
-                let data = good
-                    .get(HEADER_LEN + 12..)
-                    .filter(|d| d.len() == PAGE_SIZE)
-                    .map(<[u8]>::to_vec)
-                    .unwrap_or_else(|| vec![0x33; PAGE_SIZE]);
-                let crc = crc32c(&data);
-                match n % 6 {
-                    // The right data, a wrong CRC.
-                    0 => reply_frame(5, id, 0, &page_payload(0, crc ^ 1, 4096, &data)),
-                    // Raw page one byte short.
-                    1 => reply_frame(5, id, 0, &page_payload(0, crc, 4095, &data[..4095])),
-                    // An encoding that does not exist.
-                    2 => reply_frame(5, id, 0, &page_payload(9, crc, 4096, &data)),
-                    // LZ4 (not requested: kclient never sets ACCEPT_LZ4).
-                    3 => reply_frame(5, id, 0, &page_payload(1, crc, 16, &[0u8; 16])),
-                    // A fill page whose CRC does not match its word.
-                    4 => reply_frame(5, id, 0, &page_payload(2, crc, 8, &[7u8; 8])),
-                    // The wrong opcode: "PUT done" as the answer to a GET.
-                    _ => done_reply(Opcode::PutPage, id),
-                }
-            } else {
-                // The wrong opcode with a plausible shape: "FLUSH_PAGE done" for a PUT.
-                done_reply(Opcode::FlushPage, id)
-            };
-            stream.write_all(&f)?;
+            let bad: Vec<Answer> = honest.iter().map(|a| bad_answer(a, n)).collect();
+            stream.write_all(&frame_of(id, &bad, batch))?;
         }
         Mode::Unsolicited => {
             stream.write_all(&stats_reply(0x00ab_cdef_0000_0000))?;
