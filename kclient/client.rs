@@ -22,6 +22,7 @@ use kernel::prelude::*;
 use kernel::sync::{new_mutex, new_spinlock, Arc, Mutex, SpinLock};
 
 use crate::blk::{self, Driver, Inflight, Op, TagSet};
+use crate::lz4::{self, Compressor};
 use crate::net::{SocketAddr, TcpStream};
 use crate::protocol::{
     self, crc32c, BatchWriter, Encoding, Header, Hello, NewPool, Page, PageKey, PoolKind, Reply,
@@ -111,6 +112,8 @@ pub(crate) struct Config {
     pub(crate) io_timeout_ms: u32,
     pub(crate) nr_conns: u32,
     pub(crate) client_id: u64,
+    /// LZ4 pages on the wire, both ways.
+    pub(crate) compress: bool,
 }
 
 /// Parses `HOST:PORT[,HOST:PORT...]` (IPv4 dotted quads).
@@ -174,8 +177,19 @@ struct Session {
 struct SendBufs {
     /// Up to a whole BATCH frame (~264 KiB): vmalloc, not a high-order kmalloc.
     frame: VVec<u8>,
-    page: KVec<u8>,
+    page: PageScratch,
 }
+
+/// Where one outgoing page is prepared: its data, its fill word, its compressed form.
+struct PageScratch {
+    data: KVec<u8>,
+    fill: [u8; 8],
+    lz4: Option<Compressor>,
+}
+
+/// Largest LZ4 page worth sending compressed; above it the raw page costs little more and the
+/// appliance would keep it raw anyway (its default raw threshold).
+const LZ4_LIMIT: usize = PAGE_SIZE - PAGE_SIZE / 8;
 
 #[pin_data]
 pub(crate) struct Conn {
@@ -192,9 +206,17 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    fn new(idx: u32) -> Result<Arc<Self>> {
+    fn new(idx: u32, compress: bool) -> Result<Arc<Self>> {
         let frame = VVec::from_elem(0u8, SEND_FRAME_MAX, GFP_KERNEL)?;
-        let page = KVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?;
+        let page = PageScratch {
+            data: KVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?,
+            fill: [0; 8],
+            lz4: if compress {
+                Some(Compressor::new()?)
+            } else {
+                None
+            },
+        };
         Arc::pin_init(
             pin_init!(Self {
                 idx,
@@ -237,6 +259,7 @@ pub(crate) struct Client {
     cfg_pages: u64,
     io_timeout_ms: u32,
     client_id: u64,
+    compress: bool,
     set: Arc<TagSet<Client>>,
     conns: KVec<Arc<Conn>>,
     /// One bit per page: stored on the appliance (set on a successful put, cleared by discard).
@@ -255,7 +278,7 @@ impl Client {
     pub(crate) fn new(cfg: Config, set: Arc<TagSet<Client>>) -> Result<Arc<Self>> {
         let mut conns = KVec::with_capacity(cfg.nr_conns as usize, GFP_KERNEL)?;
         for i in 0..cfg.nr_conns {
-            conns.push(Conn::new(i)?, GFP_KERNEL)?;
+            conns.push(Conn::new(i, cfg.compress)?, GFP_KERNEL)?;
         }
         let words = cfg.pages.div_ceil(64) as usize;
         let mut stored = KVec::with_capacity(words, GFP_KERNEL)?;
@@ -271,6 +294,7 @@ impl Client {
                 cfg_pages: cfg.pages,
                 io_timeout_ms: cfg.io_timeout_ms,
                 client_id: cfg.client_id,
+                compress: cfg.compress,
                 set,
                 conns,
                 stored,
@@ -697,7 +721,7 @@ impl Client {
                 rq.page_done();
             }
             (Op::Read, Ok(Reply::Page(p))) => {
-                if decode_page(&p, page).is_ok() && rq.copy_in(part as usize * PAGE_SIZE, page) {
+                if decode_page(&p, page, self.compress).is_ok() && rq.copy_in(part as usize * PAGE_SIZE, page) {
                     stats::inc(&STATS.pages_loaded);
                     rq.page_done();
                 } else {
@@ -796,10 +820,10 @@ impl Client {
         while part < pages {
             // Reads of pages never stored are zeros, answered here without a round trip.
             if op == Op::Read && !self.is_stored(first + u64::from(part)) {
-                guard.page.fill(0);
+                guard.page.data.fill(0);
                 // Claimed like a reply: a forged reply for this part cannot also count.
                 let offset = part as usize * PAGE_SIZE;
-                if !rq.claim_part(part) || !rq.copy_in(offset, &guard.page) {
+                if !rq.claim_part(part) || !rq.copy_in(offset, &guard.page.data) {
                     return Err(blk::Status::IoErr);
                 }
                 stats::inc(&STATS.pages_loaded_zero);
@@ -849,72 +873,33 @@ impl Client {
         id: PageRunId,
     ) -> Result {
         let SendBufs { frame, page } = bufs;
-        let mut fill = [0u8; 8];
         let base = rq.sector() / 8;
         let wire_id = id.to_wire();
+        // Gets may come back LZ4-compressed when we can decode them.
+        let flags = if self.compress && rq.op() == Op::Read {
+            protocol::flags::ACCEPT_LZ4
+        } else {
+            0
+        };
         let len = if id.count == 1 {
-            let req = self.page_request(rq, pool, base, id.first, page, &mut fill)?;
-            req.emit(wire_id, 0, frame).map_err(|_| EINVAL)?
+            let req = page_request(rq, pool, base, id.first, page)?;
+            req.emit(wire_id, flags, frame).map_err(|_| EINVAL)?
         } else {
             let mut batch = BatchWriter::new(frame).map_err(|_| EINVAL)?;
             for part in id.first..id.first + id.count {
-                let req = self.page_request(rq, pool, base, part, page, &mut fill)?;
+                let req = page_request(rq, pool, base, part, page)?;
                 batch.push_request(&req, 0).map_err(|_| EINVAL)?;
             }
-            batch.finish_request(wire_id, 0).map_err(|_| EINVAL)?
+            batch.finish_request(wire_id, flags).map_err(|_| EINVAL)?
         };
+        if rq.op() == Op::Discard {
+            for part in id.first..id.first + id.count {
+                self.set_stored(base + u64::from(part), false);
+            }
+        }
         stream.send(frame.get(..len).ok_or(EINVAL)?)?;
         stats::add(&STATS.bytes_sent, len as u64);
         Ok(())
-    }
-
-    /// The page operation for part `part` of `rq`; a write's data is copied into `page` (or
-    /// `fill`, for a page of one repeated word) first.
-    fn page_request<'p>(
-        &self,
-        rq: &Inflight<'_>,
-        pool: u32,
-        base: u64,
-        part: u32,
-        page: &'p mut KVec<u8>,
-        fill: &'p mut [u8; 8],
-    ) -> Result<Request<'p>> {
-        let index = base + u64::from(part);
-        let key = PageKey {
-            pool,
-            object: OBJECT,
-            index: index as u32,
-        };
-        Ok(match rq.op() {
-            Op::Read => Request::Get { key },
-            Op::Write => {
-                if !rq.copy_out(part as usize * PAGE_SIZE, page) {
-                    return Err(EIO);
-                }
-                let data = <&[u8; PAGE_SIZE]>::try_from(&page[..]).map_err(|_| EINVAL)?;
-                let crc = crc32c(data);
-                let page = match Page::detect_fill(data) {
-                    Some(word) => {
-                        *fill = word.to_le_bytes();
-                        Page {
-                            encoding: Encoding::Fill,
-                            crc,
-                            data: &fill[..],
-                        }
-                    }
-                    None => Page {
-                        encoding: Encoding::Raw,
-                        crc,
-                        data,
-                    },
-                };
-                Request::Put { key, page }
-            }
-            _ => {
-                self.set_stored(index, false);
-                Request::FlushPage { key }
-            }
-        })
     }
 }
 
@@ -937,6 +922,55 @@ impl Driver for Client {
             conn.kick();
         }
     }
+}
+
+/// The page operation for part `part` of `rq` (pages from `base`); a write's data is copied into
+/// `scratch` first and sent as a fill word, LZ4 (when it shrinks enough) or raw.
+fn page_request<'p>(
+    rq: &Inflight<'_>,
+    pool: u32,
+    base: u64,
+    part: u32,
+    scratch: &'p mut PageScratch,
+) -> Result<Request<'p>> {
+    let key = PageKey {
+        pool,
+        object: OBJECT,
+        index: (base + u64::from(part)) as u32,
+    };
+    Ok(match rq.op() {
+        Op::Read => Request::Get { key },
+        Op::Write => {
+            if !rq.copy_out(part as usize * PAGE_SIZE, &mut scratch.data) {
+                return Err(EIO);
+            }
+            let data = <&[u8; PAGE_SIZE]>::try_from(&scratch.data[..]).map_err(|_| EINVAL)?;
+            let crc = crc32c(data);
+            let page = if let Some(word) = Page::detect_fill(data) {
+                scratch.fill = word.to_le_bytes();
+                Page {
+                    encoding: Encoding::Fill,
+                    crc,
+                    data: &scratch.fill[..],
+                }
+            } else if let Some(lz) = scratch.lz4.as_mut().and_then(|c| c.compress(data, LZ4_LIMIT)) {
+                stats::inc(&STATS.pages_compressed);
+                Page {
+                    encoding: Encoding::Lz4,
+                    crc,
+                    data: lz,
+                }
+            } else {
+                Page {
+                    encoding: Encoding::Raw,
+                    crc,
+                    data,
+                }
+            };
+            Request::Put { key, page }
+        }
+        _ => Request::FlushPage { key },
+    })
 }
 
 /// Encodes `req` into `frame` and sends it.
@@ -967,14 +1001,20 @@ fn recv_frame(stream: &TcpStream, buf: &mut [u8]) -> Result<(Header, usize)> {
     Ok((h, len))
 }
 
-/// Decodes a page payload into `out` and checks its CRC-32C (raw and fill pages: we never ask for
-/// LZ4, see `flags::ACCEPT_LZ4`).
-fn decode_page(p: &Page<'_>, out: &mut [u8; PAGE_SIZE]) -> Result {
+/// Decodes a page payload into `out` and checks its CRC-32C. LZ4 pages are accepted only when we
+/// asked for them (`accept_lz4`: the `compress` parameter sets `flags::ACCEPT_LZ4` on gets).
+fn decode_page(p: &Page<'_>, out: &mut [u8; PAGE_SIZE], accept_lz4: bool) -> Result {
     match p.encoding {
         Encoding::Raw => out.copy_from_slice(p.data.get(..PAGE_SIZE).ok_or(eproto())?),
         Encoding::Fill => Page::expand_fill(p.fill_word().ok_or(eproto())?, out),
+        Encoding::Lz4 if accept_lz4 => {
+            if !lz4::decompress(p.data, out) {
+                stats::inc(&STATS.protocol_errors);
+                return Err(eproto());
+            }
+        }
         Encoding::Lz4 => {
-            // Never requested (no ACCEPT_LZ4): the appliance does not follow the protocol.
+            // Never requested: the appliance does not follow the protocol.
             stats::inc(&STATS.protocol_errors);
             return Err(eproto());
         }

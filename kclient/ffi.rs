@@ -43,9 +43,25 @@ extern "C" {
     pub(crate) fn kc_sock_shutdown(sock: *mut bindings::socket);
     pub(crate) fn kc_sock_release(sock: *mut bindings::socket);
 
+    pub(crate) fn kc_lz4_wrkmem_size() -> usize;
+    pub(crate) fn kc_lz4_compress(
+        src: *const c_void,
+        len: usize,
+        dst: *mut c_void,
+        cap: usize,
+        wrkmem: *mut c_void,
+    ) -> c_int;
+    pub(crate) fn kc_lz4_decompress(
+        src: *const c_void,
+        len: usize,
+        dst: *mut c_void,
+        cap: usize,
+    ) -> c_int;
+
     pub(crate) fn kc_param_remote_target(buf: *mut c_char, len: usize) -> usize;
     pub(crate) fn kc_param_size_bytes() -> u64;
     pub(crate) fn kc_param_io_timeout_ms() -> u32;
+    pub(crate) fn kc_param_compress() -> bool;
     pub(crate) fn kc_param_nr_conns() -> u32;
     pub(crate) fn kc_param_client_id() -> u64;
     pub(crate) fn kc_num_online_cpus() -> u32;

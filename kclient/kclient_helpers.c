@@ -8,6 +8,7 @@
 #include <linux/debugfs.h>
 #include <linux/highmem.h>
 #include <linux/in.h>
+#include <linux/lz4.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/net.h>
@@ -161,6 +162,27 @@ void kc_sock_release(struct socket *sock)
 	sock_release(sock);
 }
 
+/* ---- LZ4 ---- */
+
+size_t kc_lz4_wrkmem_size(void)
+{
+	return LZ4_MEM_COMPRESS;
+}
+
+int kc_lz4_compress(const void *src, size_t len, void *dst, size_t cap, void *wrkmem)
+{
+	if (len > INT_MAX || cap > INT_MAX)
+		return 0;
+	return LZ4_compress_default(src, dst, (int)len, (int)cap, wrkmem);
+}
+
+int kc_lz4_decompress(const void *src, size_t len, void *dst, size_t cap)
+{
+	if (len > INT_MAX || cap > INT_MAX)
+		return -EINVAL;
+	return LZ4_decompress_safe(src, dst, (int)len, (int)cap);
+}
+
 /* ---- module parameters ---- */
 
 #define KC_TARGET_MAX 256
@@ -213,6 +235,10 @@ static uint io_timeout_ms = 10000;
 module_param(io_timeout_ms, uint, 0444);
 MODULE_PARM_DESC(io_timeout_ms, "Fail I/O the appliance has not answered after this long (default 10000)");
 
+static bool compress;
+module_param(compress, bool, 0444);
+MODULE_PARM_DESC(compress, "LZ4-compress pages before sending them, and accept LZ4 pages back (default N: pays off only on slow links)");
+
 static uint nr_conns;
 module_param(nr_conns, uint, 0444);
 MODULE_PARM_DESC(nr_conns, "TCP connections = hardware queues (default: online CPUs, at most 8)");
@@ -241,6 +267,11 @@ u64 kc_param_size_bytes(void)
 u32 kc_param_io_timeout_ms(void)
 {
 	return clamp_t(u32, READ_ONCE(io_timeout_ms), 100, 3600 * 1000);
+}
+
+bool kc_param_compress(void)
+{
+	return compress;
 }
 
 u32 kc_param_nr_conns(void)

@@ -34,10 +34,19 @@ int kc_sock_recv(struct socket *sock, void *buf, size_t len);
 void kc_sock_shutdown(struct socket *sock);
 void kc_sock_release(struct socket *sock);
 
+/* The kernel's LZ4 block codec (lib/lz4, the format lz4_flex speaks on the appliance).
+ * kc_lz4_compress: compressed length, or 0 if it does not fit `cap`; `wrkmem` holds
+ * kc_lz4_wrkmem_size() bytes. kc_lz4_decompress: decoded length, or < 0 for malformed input (never
+ * writes outside `dst[0..cap]`). */
+size_t kc_lz4_wrkmem_size(void);
+int kc_lz4_compress(const void *src, size_t len, void *dst, size_t cap, void *wrkmem);
+int kc_lz4_decompress(const void *src, size_t len, void *dst, size_t cap);
+
 /* Module parameters (owned by C, parsed by Rust). */
 size_t kc_param_remote_target(char *buf, size_t len);
 u64 kc_param_size_bytes(void);
 u32 kc_param_io_timeout_ms(void);
+bool kc_param_compress(void);
 u32 kc_param_nr_conns(void);
 u64 kc_param_client_id(void);
 u32 kc_num_online_cpus(void);

@@ -7,12 +7,13 @@
 //! (GET_PAGE) and discarded (FLUSH_PAGE); see `client.rs`. Counters:
 //! `/sys/kernel/debug/kclient/stats`. Parameters: `/sys/module/kclient/parameters/`.
 //!
-//! Layering: `ffi` (C helper declarations) < `blk`, `net`, `thread` (thin safe wrappers; all the
+//! Layering: `ffi` (C helper declarations) < `blk`, `net`, `thread`, `lz4` (thin safe wrappers; all the
 //! `unsafe` lives there) < `client` (the logic, safe Rust) < this file (module entry points).
 
 mod blk;
 mod client;
 mod ffi;
+mod lz4;
 mod net;
 mod stats;
 mod thread;
@@ -71,13 +72,14 @@ fn read_config() -> Result<Config> {
         pr_err!("remote_target=HOST:PORT[,HOST:PORT...] (IPv4) is required\n");
     })?;
     // SAFETY: the parameter accessors have no preconditions.
-    let (size, io_timeout_ms, nr_conns, client_id, cpus) = unsafe {
+    let (size, io_timeout_ms, nr_conns, client_id, cpus, compress) = unsafe {
         (
             ffi::kc_param_size_bytes(),
             ffi::kc_param_io_timeout_ms(),
             ffi::kc_param_nr_conns(),
             ffi::kc_param_client_id(),
             ffi::kc_num_online_cpus(),
+            ffi::kc_param_compress(),
         )
     };
     let pages = size / 4096;
@@ -96,6 +98,7 @@ fn read_config() -> Result<Config> {
         io_timeout_ms,
         nr_conns,
         client_id,
+        compress,
     })
 }
 

@@ -10,6 +10,8 @@ pub(crate) const LAT_BUCKETS: usize = 24;
 
 pub(crate) struct Stats {
     pub(crate) pages_stored: AtomicU64,
+    /// Pages sent LZ4-compressed (the rest went raw or as a fill word).
+    pub(crate) pages_compressed: AtomicU64,
     pub(crate) pages_loaded: AtomicU64,
     pub(crate) pages_loaded_zero: AtomicU64,
     pub(crate) pages_discarded: AtomicU64,
@@ -35,6 +37,7 @@ pub(crate) struct Stats {
 
 pub(crate) static STATS: Stats = Stats {
     pages_stored: AtomicU64::new(0),
+    pages_compressed: AtomicU64::new(0),
     pages_loaded: AtomicU64::new(0),
     pages_loaded_zero: AtomicU64::new(0),
     pages_discarded: AtomicU64::new(0),
@@ -104,6 +107,7 @@ pub(crate) fn format(buf: &mut [u8], connected: u32, conns: u32) -> usize {
     let s = &STATS;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let _ = writeln!(w, "pages_stored {}", get(&s.pages_stored));
+    let _ = writeln!(w, "pages_compressed {}", get(&s.pages_compressed));
     let _ = writeln!(w, "pages_loaded {}", get(&s.pages_loaded));
     let _ = writeln!(w, "pages_loaded_zero {}", get(&s.pages_loaded_zero));
     let _ = writeln!(w, "pages_discarded {}", get(&s.pages_discarded));

@@ -48,7 +48,7 @@ pub enum Mode {
     /// single-page request gets a correct answer.
     Duplicate,
     /// (e) Well-framed but wrong replies: for gets a bad CRC, a wrong length, an unknown
-    /// encoding, LZ4 nobody asked for, the wrong opcode; for puts a FLUSH_PAGE "done".
+    /// encoding, LZ4 that does not decode, the wrong opcode; for puts a FLUSH_PAGE "done".
     BadReply,
     /// (f) STATS and BATCH replies nobody asked for, before every answer and instead of it.
     Unsolicited,
@@ -404,7 +404,14 @@ fn honest_answer(shared: &Shared, req: &Request<'_>) -> Answer {
                         Page::expand_fill(word, arr);
                     }
                 }
+                Encoding::Lz4 => match lz4_flex::block::decompress(page.data, PAGE_SIZE) {
+                    Ok(d) if d.len() == PAGE_SIZE => data = d,
+                    _ => return Answer::new(Opcode::PutPage, Status::CorruptPayload, Vec::new()),
+                },
                 _ => return Answer::new(Opcode::PutPage, Status::CorruptPayload, Vec::new()),
+            }
+            if crc32c(&data) != page.crc {
+                return Answer::new(Opcode::PutPage, Status::BadChecksum, Vec::new());
             }
             if shared.mode == Mode::Honest || key.index < GOOD_PAGES {
                 shared
@@ -434,7 +441,7 @@ fn misbehaves_on(mode: Mode, req: &Request<'_>) -> bool {
 }
 
 /// `answer` made wrong in one of six ways (`n` picks): for a get a bad CRC, a wrong length, an
-/// unknown encoding, LZ4 nobody asked for, a fill word that does not match, the wrong opcode; for a
+/// unknown encoding, LZ4 that does not decode, a fill word that does not match, the wrong opcode; for a
 /// put a FLUSH_PAGE "done".
 fn bad_answer(answer: &Answer, n: u64) -> Answer {
     if answer.opcode != Opcode::GetPage as u8 {
@@ -455,7 +462,7 @@ fn bad_answer(answer: &Answer, n: u64) -> Answer {
         1 => page(page_payload(0, crc, 4095, &data[..4095])),
         // An encoding that does not exist.
         2 => page(page_payload(9, crc, 4096, &data)),
-        // LZ4 (not requested: kclient never sets ACCEPT_LZ4).
+        // LZ4 that does not decode (kclient accepts LZ4 only when it set ACCEPT_LZ4).
         3 => page(page_payload(1, crc, 16, &[0u8; 16])),
         // A fill page whose CRC does not match its word.
         4 => page(page_payload(2, crc, 8, &[7u8; 8])),

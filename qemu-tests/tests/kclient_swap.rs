@@ -27,6 +27,8 @@ fn workload_mib() -> u64 {
         .unwrap_or(3 * 256)
 }
 
+/// A workload of 3x the VM's RAM swaps through kclient (with `compress=1`: LZ4 pages both ways)
+/// and verifies every byte; kclient's counters must agree with the kernel's swap counters.
 #[test]
 fn swap_workload_3x_ram() {
     let name = "kclient_swap";
@@ -36,7 +38,7 @@ fn swap_workload_3x_ram() {
     let appliance = Appliance::start(&appliance_bin, "2GiB").expect("start appliance");
     let mib = workload_mib();
     let append = format!(
-        "tmem_test=swap tmem_target=10.0.2.2:{} tmem_size=1G tmem_mib={mib}",
+        "tmem_test=swap tmem_target=10.0.2.2:{} tmem_size=1G tmem_mib={mib} tmem_compress=1",
         appliance.port
     );
     let mut vm = boot_client(name, &image, VM_MEMORY, VM_CPUS, &append).expect("boot client VM");
@@ -86,6 +88,13 @@ fn swap_workload_3x_ram() {
     assert!(
         num(&result, "bytes_sent").unwrap_or(0) >= stored * 56,
         "{result:?}"
+    );
+    // This run has compress=1: compressible pages went LZ4 both ways (decoded and CRC-checked by
+    // kclient on the way back; the workload verified every byte).
+    let compressed = num(&result, "pages_compressed").unwrap_or(0);
+    assert!(
+        compressed > 100 && compressed <= stored,
+        "pages_compressed {compressed} of {stored} stored: {result:?}"
     );
     for key in [
         "failed_puts",

@@ -23,7 +23,8 @@ use crate::{linux_initramfs, paths};
 #[derive(clap::Args, Clone, Debug)]
 pub struct SwapBenchArgs {
     /// Backends, in run order: ram (no swap, big VM), kclient, nbd, zram, disk; `-nozswap` after
-    /// kclient, nbd or disk turns zswap off (default: on in front of them).
+    /// kclient, nbd or disk turns zswap off (default: on in front of them); `kclient-lz4` is
+    /// kclient compressing pages before sending them (`compress=1`).
     #[arg(
         long = "swap-backends",
         value_delimiter = ',',
@@ -287,7 +288,7 @@ fn run_backend(
     work: &Path,
     backend: &str,
 ) -> Result<Vec<Row>> {
-    let base = backend.trim_end_matches("-nozswap");
+    let base = backend.split('-').next().unwrap_or(backend);
     let max_mib = args.sizes.iter().copied().max().unwrap_or(256);
     let memory = if base == "ram" {
         // Everything fits: the largest working set plus room for the kernel and page cache.

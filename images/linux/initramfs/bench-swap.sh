@@ -1,6 +1,7 @@
 # tmem_test=bench: the swap benchmark (`cargo xtask bench --swap`). One backend per boot, every
 # workload x size in one boot. Kernel command-line words:
-#   tmem_backend=ram|kclient|nbd|zram|disk[-nozswap]  where swap goes (ram: no swap at all)
+#   tmem_backend=ram|kclient|nbd|zram|disk[-nozswap]  where swap goes (ram: no swap at all);
+#                kclient-lz4[-nozswap]: kclient with compress=1 (pages go LZ4-compressed)
 #   tmem_target=HOST:PORT   kclient: the appliance; nbd: the NBD server
 #   tmem_sizes="128 256"    working sets in MiB (quoted list; words separated by commas also work)
 #   tmem_workloads=seq,rand,sort
@@ -10,9 +11,10 @@
 # name ends in -nozswap; zram never has zswap in front. Prints `TMEM-BENCH key=value ...` per
 # run and one `TMEM-RESULT test=bench ...` line.
 backend=${tmem_backend:-kclient}
-base=${backend%-nozswap}
+base=${backend%%-*}
 zswap=1
-[ "$base" != "$backend" ] && zswap=0
+case "$backend" in *-nozswap*) zswap=0 ;; esac
+case "$backend" in *-lz4*) tmem_compress=1 ;; esac
 [ "$base" = zram ] || [ "$base" = ram ] && zswap=0
 echo $zswap > /sys/module/zswap/parameters/enabled
 target=${tmem_target:-10.0.2.2:7000}
