@@ -24,11 +24,12 @@ use crate::{linux_initramfs, paths};
 pub struct SwapBenchArgs {
     /// Backends, in run order: ram (no swap, big VM), kclient, nbd, zram, disk; `-nozswap` after
     /// kclient, nbd or disk turns zswap off (default: on in front of them); `kclient-lz4` is
-    /// kclient compressing pages before sending them (`compress=1`).
+    /// kclient compressing pages before sending them (`compress=1`); `kclient-hermit` swaps to
+    /// the Hermit appliance VM instead of the host-mode appliance.
     #[arg(
         long = "swap-backends",
         value_delimiter = ',',
-        default_value = "ram,kclient,nbd,disk,zram"
+        default_value = "ram,kclient,kclient-hermit,nbd,disk,zram"
     )]
     pub backends: Vec<String>,
     /// Working-set sizes in MiB.
@@ -107,6 +108,10 @@ impl Drop for TempFile {
     }
 }
 
+/// The Hermit appliance VM of the `kclient-hermit` backend: RAM, and the store inside it.
+const HERMIT_VM_MEMORY: &str = "1G";
+const HERMIT_STORE: &str = "768MiB";
+
 pub fn run(args: &SwapBenchArgs) -> Result<()> {
     let started = Instant::now();
     let work = paths::repo_root().join("target/swapbench");
@@ -117,6 +122,10 @@ pub fn run(args: &SwapBenchArgs) -> Result<()> {
         return Ok(());
     }
     let image = prepare(&work)?;
+    if args.backends.iter().any(|b| b.contains("-hermit")) {
+        step("swap bench: Hermit appliance image");
+        crate::testing::xtask(&["image"])?;
+    }
     let appliance_bin = paths::repo_root().join("target/release/appliance");
 
     let mut rows = Vec::new();
@@ -306,11 +315,28 @@ fn run_backend(
         args.seq_only_above
     );
     let mut _appliance = None;
+    let mut _hermit: Option<Qemu> = None;
     let mut _server = None;
     let mut _files = Vec::new();
     let mut extra: Vec<String> = Vec::new();
     match base {
         "ram" | "zram" => {}
+        "kclient" if backend.contains("-hermit") => {
+            // The appliance as the Hermit unikernel in its own VM; the client VM reaches the
+            // port QEMU forwards on the host, as in `cargo xtask demo`.
+            let hermit = qemu_tests::hermit_image("swapbench")
+                .context("the Hermit appliance image is missing (cargo xtask image)")?;
+            let (vm, addr) = Qemu::boot_hermit_appliance(
+                "swapbench-hermit-appliance",
+                &hermit,
+                HERMIT_VM_MEMORY,
+                &["--memory", HERMIT_STORE, "--log-level", "warn"],
+                Duration::from_secs(120),
+            )
+            .context("booting the Hermit appliance VM")?;
+            append.push_str(&format!(" tmem_target=10.0.2.2:{}", addr.port()));
+            _hermit = Some(vm);
+        }
         "kclient" => {
             let a = Appliance::start(
                 &appliance_bin.to_path_buf(),
@@ -537,7 +563,9 @@ fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> String {
     );
     t.push_str(
         "Backends: **kclient** = /dev/kclient0 -> host-mode appliance (`target/release/appliance`) at \
-         10.0.2.2 over QEMU user networking; **nbd** = the kernel's nbd driver (set up by our \
+         10.0.2.2 over QEMU user networking; **kclient-hermit** = the same, to the Hermit appliance \
+         image in its own VM (1 GiB, store 768 MiB, 1 vCPU; TCG too, sharing the host's 2 cores with the client VM), reached \
+         through the port QEMU forwards on the host; **kclient-lz4** = kclient with `compress=1`; **nbd** = the kernel's nbd driver (set up by our \
          `tmem-nbd-client`, newstyle handshake + NBD_SET_SOCK/NBD_DO_IT) -> `qemu-nbd` serving a \
          sparse file in /dev/shm (host RAM), same network path; **zram** = lzo-rle zram device inside \
          the same guest (same RAM); **disk** = virtio-blk backed by a sparse host file (cache=writeback: \
