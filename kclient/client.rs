@@ -598,7 +598,9 @@ impl Client {
             let len = h.payload_len as usize;
             let limit = match h.request_id {
                 CONTROL_ID => RECV_PAYLOAD_MAX,
-                id => PageRunId::from_wire(id).max_reply_len().min(RECV_PAYLOAD_MAX),
+                id => PageRunId::from_wire(id)
+                    .max_reply_len()
+                    .min(RECV_PAYLOAD_MAX),
             };
             if !h.is_reply() || len > limit {
                 stats::inc(&STATS.protocol_errors);
@@ -655,7 +657,8 @@ impl Client {
         // order (an error for the whole batch fails the request).
         let entries = match Reply::parse(h.opcode, h.status, body) {
             Ok(Reply::Batch(entries))
-                if h.opcode == protocol::Opcode::Batch as u8 && entries.len() == id.count as usize =>
+                if h.opcode == protocol::Opcode::Batch as u8
+                    && entries.len() == id.count as usize =>
             {
                 entries
             }
@@ -721,7 +724,9 @@ impl Client {
                 rq.page_done();
             }
             (Op::Read, Ok(Reply::Page(p))) => {
-                if decode_page(&p, page, self.compress).is_ok() && rq.copy_in(part as usize * PAGE_SIZE, page) {
+                if decode_page(&p, page, self.compress).is_ok()
+                    && rq.copy_in(part as usize * PAGE_SIZE, page)
+                {
                     stats::inc(&STATS.pages_loaded);
                     rq.page_done();
                 } else {
@@ -846,7 +851,13 @@ impl Client {
                 first: part,
                 count,
             };
-            if let Err(e) = self.send_run(&stream, &mut guard, rq, pool, id) {
+            // A frame that cannot be built (the request's pages could not be copied) fails the
+            // request; only a failed send breaks the connection.
+            let len = self
+                .build_run(&mut guard, rq, pool, id)
+                .map_err(|_| blk::Status::IoErr)?;
+            let frame = guard.frame.get(..len).ok_or(blk::Status::IoErr)?;
+            if let Err(e) = stream.send(frame) {
                 if stats::STATS.send_errors.fetch_add(1, Ordering::Relaxed) < 10 {
                     pr_warn!(
                         "send on connection {} failed (error {})\n",
@@ -857,21 +868,22 @@ impl Client {
                 stream.shutdown();
                 return Err(blk::Status::IoErr);
             }
+            stats::add(&STATS.bytes_sent, len as u64);
             part += count;
         }
         Ok(())
     }
 
-    /// Sends the pages `id.first..id.first + id.count` of `rq`: one page as its own frame, more as
-    /// one BATCH frame (one header, one reply, one wake-up on each side for up to 64 pages).
-    fn send_run(
+    /// Builds in `bufs.frame` the frame for pages `id.first..id.first + id.count` of `rq` and
+    /// returns its length: one page as its own frame, more as one BATCH frame (one header, one
+    /// reply, one wake-up on each side for up to 64 pages).
+    fn build_run(
         &self,
-        stream: &TcpStream,
         bufs: &mut SendBufs,
         rq: &Inflight<'_>,
         pool: u32,
         id: PageRunId,
-    ) -> Result {
+    ) -> Result<usize> {
         let SendBufs { frame, page } = bufs;
         let base = rq.sector() / 8;
         let wire_id = id.to_wire();
@@ -897,9 +909,7 @@ impl Client {
                 self.set_stored(base + u64::from(part), false);
             }
         }
-        stream.send(frame.get(..len).ok_or(EINVAL)?)?;
-        stats::add(&STATS.bytes_sent, len as u64);
-        Ok(())
+        Ok(len)
     }
 }
 
@@ -953,7 +963,11 @@ fn page_request<'p>(
                     crc,
                     data: &scratch.fill[..],
                 }
-            } else if let Some(lz) = scratch.lz4.as_mut().and_then(|c| c.compress(data, LZ4_LIMIT)) {
+            } else if let Some(lz) = scratch
+                .lz4
+                .as_mut()
+                .and_then(|c| c.compress(data, LZ4_LIMIT))
+            {
                 stats::inc(&STATS.pages_compressed);
                 Page {
                     encoding: Encoding::Lz4,
