@@ -24,17 +24,24 @@ impl OomHandler for SpansFromKernel {
         let want = layout
             .size()
             .saturating_add(layout.align())
-            .saturating_add(SPAN_ALIGN);
-        let size = SPAN_SIZE.max(want).next_multiple_of(SPAN_ALIGN);
-        let span_layout = Layout::from_size_align(size, SPAN_ALIGN).map_err(|_| ())?;
-        // SAFETY: `span_layout` has a non-zero size.
-        let base = unsafe { System.alloc(span_layout) };
-        if base.is_null() {
-            return Err(());
+            .saturating_add(SPAN_ALIGN)
+            .next_multiple_of(SPAN_ALIGN);
+        // A whole span if the kernel heap has one, else smaller ones down to what is needed.
+        let mut size = SPAN_SIZE.max(want);
+        loop {
+            let span_layout = Layout::from_size_align(size, SPAN_ALIGN).map_err(|_| ())?;
+            // SAFETY: `span_layout` has a non-zero size.
+            let base = unsafe { System.alloc(span_layout) };
+            if !base.is_null() {
+                // SAFETY: the span was just allocated for us and is never freed or used by anyone
+                // else, so talc may own it for the rest of the program.
+                return unsafe { talc.claim(Span::from_base_size(base, size)) }.map(|_| ());
+            }
+            if size == want {
+                return Err(());
+            }
+            size = (size / 2).next_multiple_of(SPAN_ALIGN).max(want);
         }
-        // SAFETY: the span was just allocated for us and is never freed or used by anyone else, so
-        // talc may own it for the rest of the program.
-        unsafe { talc.claim(Span::from_base_size(base, size)) }.map(|_| ())
     }
 }
 
