@@ -192,15 +192,25 @@ impl Drop for Appliance {
 
 /// Parses the `TMEM-RESULT key=value ...` line of a console log.
 pub fn parse_result(log: &str) -> Option<HashMap<String, String>> {
-    let line = log
-        .lines()
-        .find_map(|l| l.split_once("TMEM-RESULT ").map(|(_, rest)| rest))?;
-    Some(
-        line.split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    )
+    tagged_lines(log, "TMEM-RESULT").next()
+}
+
+/// The `key=value` words after `TAG ` on every console line that carries the tag, in log order
+/// (the guest scripts report this way: `TMEM-RESULT`, `TMEM-EVIL`, `TMEM-BENCH`).
+pub fn tagged_lines<'a, M: FromIterator<(String, String)>>(
+    log: &'a str,
+    tag: &str,
+) -> impl Iterator<Item = M> + 'a {
+    let tag = format!("{tag} ");
+    log.lines().filter_map(move |l| {
+        let (_, rest) = l.split_once(tag.as_str())?;
+        Some(
+            rest.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    })
 }
 
 /// Numeric field of a parsed result (`None` if missing or not a number).
@@ -258,6 +268,15 @@ mod tests {
         assert_eq!(r.get("status").map(String::as_str), Some("pass"));
         assert_eq!(num(&r, "pages_stored"), Some(12));
         assert!(parse_result("nothing").is_none());
+    }
+
+    #[test]
+    fn tagged_lines_come_in_order_and_only_with_their_tag() {
+        let log = "TMEM-EVIL mode=a w1=0\nTMEM-EVILX mode=z\nnoise\n[ 3.1] TMEM-EVIL mode=b w1=1\n";
+        let rows: Vec<HashMap<String, String>> = tagged_lines(log, "TMEM-EVIL").collect();
+        let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str()).collect();
+        assert_eq!(modes, ["a", "b"]);
+        assert_eq!(rows[1]["w1"], "1");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use qemu_tests::evil_appliance::{EvilAppliance, Mode};
 use qemu_tests::linux_vm::{
-    boot_client, client_image, kernel_problems, num, parse_result, wait_exit,
+    boot_client, client_image, kernel_problems, num, parse_result, tagged_lines, wait_exit,
 };
 
 const VM_MEMORY: &str = "256M";
@@ -31,16 +31,8 @@ const VM_LIMIT: Duration = Duration::from_secs(600);
 
 /// The `TMEM-EVIL mode=... key=value ...` lines of a console log, by mode.
 fn mode_results(log: &str) -> HashMap<String, HashMap<String, String>> {
-    log.lines()
-        .filter_map(|l| l.split_once("TMEM-EVIL ").map(|(_, rest)| rest))
-        .map(|rest| {
-            let kv: HashMap<String, String> = rest
-                .split_whitespace()
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            (kv.get("mode").cloned().unwrap_or_default(), kv)
-        })
+    tagged_lines(log, "TMEM-EVIL")
+        .map(|kv: HashMap<String, String>| (kv.get("mode").cloned().unwrap_or_default(), kv))
         .collect()
 }
 

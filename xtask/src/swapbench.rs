@@ -14,7 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use qemu_tests::linux_vm::{client_command, parse_result, wait_exit, Appliance, ClientImage};
+use qemu_tests::linux_vm::{
+    client_command, parse_result, tagged_lines, wait_exit, Appliance, ClientImage,
+};
 use qemu_tests::Qemu;
 
 use crate::linux_kernel::{self, run as run_cmd, step};
@@ -78,6 +80,16 @@ struct Row {
 }
 
 impl Row {
+    /// A row from its `key=value` fields (`backend`, `workload`, `mib` and the measurements).
+    fn new(fields: BTreeMap<String, String>) -> Row {
+        Row {
+            backend: fields.get("backend").cloned().unwrap_or_default(),
+            workload: fields.get("workload").cloned().unwrap_or_default(),
+            mib: fields.get("mib").and_then(|v| v.parse().ok()).unwrap_or(0),
+            fields,
+        }
+    }
+
     fn num(&self, key: &str) -> f64 {
         self.fields
             .get(key)
@@ -422,22 +434,7 @@ fn join(v: &[u64]) -> String {
 }
 
 fn parse_rows(log: &str) -> Vec<Row> {
-    log.lines()
-        .filter_map(|l| l.split_once("TMEM-BENCH ").map(|(_, rest)| rest))
-        .map(|rest| {
-            let fields: BTreeMap<String, String> = rest
-                .split_whitespace()
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-                .collect();
-            Row {
-                backend: fields.get("backend").cloned().unwrap_or_default(),
-                workload: fields.get("workload").cloned().unwrap_or_default(),
-                mib: fields.get("mib").and_then(|v| v.parse().ok()).unwrap_or(0),
-                fields,
-            }
-        })
-        .collect()
+    tagged_lines(log, "TMEM-BENCH").map(Row::new).collect()
 }
 
 const CSV_KEYS: &[&str] = &[
@@ -492,12 +489,7 @@ fn read_csv(path: &Path) -> Result<Vec<Row>> {
                 .filter(|(_, v)| !v.is_empty())
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
-            Row {
-                backend: fields.get("backend").cloned().unwrap_or_default(),
-                workload: fields.get("workload").cloned().unwrap_or_default(),
-                mib: fields.get("mib").and_then(|v| v.parse().ok()).unwrap_or(0),
-                fields,
-            }
+            Row::new(fields)
         })
         .collect())
 }
@@ -731,4 +723,33 @@ fn plot(work: &Path, png: &Path, vm_mib: u64) -> Result<()> {
             .arg(png)
             .arg(vm_mib.to_string()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_lines_become_rows_and_survive_the_csv() {
+        let log =
+            "noise\nTMEM-BENCH backend=kclient workload=seq mib=64 status=ok ms=840 pswpin=7\n\
+                   TMEM-RESULT test=bench\nTMEM-BENCH backend=nbd workload=rand mib=128 ms=12090\n";
+        let rows = parse_rows(log);
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].backend.as_str(), rows[0].mib), ("kclient", 64));
+        assert_eq!(rows[0].num("pswpin"), 7.0);
+        assert_eq!(
+            (rows[1].workload.as_str(), rows[1].num("ms")),
+            ("rand", 12090.0)
+        );
+        let csv = std::env::temp_dir().join(format!("swapbench-test-{}.csv", std::process::id()));
+        write_csv(&csv, &rows).unwrap();
+        let back = read_csv(&csv).unwrap();
+        let _ = std::fs::remove_file(&csv);
+        assert_eq!(back.len(), 2);
+        assert_eq!(
+            (back[1].backend.as_str(), back[1].num("ms")),
+            ("nbd", 12090.0)
+        );
+    }
 }
