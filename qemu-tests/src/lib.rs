@@ -11,6 +11,7 @@
 
 pub mod evil_appliance;
 pub mod linux_vm;
+pub mod netns;
 
 use std::fs::File;
 use std::io;
@@ -353,8 +354,28 @@ impl Drop for Qemu {
     }
 }
 
-/// The QEMU command line for the Hermit appliance (TCG; never KVM, which cannot run Hermit here).
+/// The QEMU command line for the Hermit appliance (TCG; never KVM, which cannot run Hermit here);
+/// QEMU forwards 127.0.0.1:`port` to the guest's `port`.
 pub fn hermit_command(image: &HermitImage, memory: &str, port: u16, app_args: &[&str]) -> Command {
+    hermit_command_fwd(image, memory, Ipv4Addr::LOCALHOST, port, app_args)
+}
+
+/// [`hermit_command`] forwarding `fwd_host`:`port` instead (e.g. [`netns::NetNs::HOST`] when QEMU
+/// runs inside a namespace whose other VMs must reach the appliance).
+pub fn hermit_command_fwd(
+    image: &HermitImage,
+    memory: &str,
+    fwd_host: Ipv4Addr,
+    port: u16,
+    app_args: &[&str],
+) -> Command {
+    // Clients on another 10.0.2.0/24 (a client VM behind a tap device) would look like the
+    // appliance's own address inside QEMU's default user network; give that network another one.
+    let subnet = if fwd_host.is_loopback() {
+        ""
+    } else {
+        ",net=10.0.3.0/24"
+    };
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-cpu", "max", "-smp", "1", "-m", memory])
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
@@ -370,7 +391,7 @@ pub fn hermit_command(image: &HermitImage, memory: &str, port: u16, app_args: &[
         .args(["-append", &format!("-- {}", app_args.join(" "))])
         .args([
             "-netdev",
-            &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{port}"),
+            &format!("user,id=n0,hostfwd=tcp:{fwd_host}:{port}-:{port}{subnet}"),
             "-device",
             "virtio-net-pci,netdev=n0,disable-legacy=on",
         ]);

@@ -6,10 +6,12 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::netns::NetNs;
 use crate::{images_dir, qemu_available, workspace_root, Qemu};
 
 /// Artefacts made by `cargo xtask client-image`.
@@ -51,6 +53,18 @@ pub fn client_image(test: &str) -> Option<ClientImage> {
 /// QEMU command line for the client VM: TCG (never KVM here), `smp` vCPUs, `memory` RAM, user
 /// networking (the host is 10.0.2.2), serial console on stdout, `append` added to the kernel command line.
 pub fn client_command(image: &ClientImage, memory: &str, smp: u32, append: &str) -> Command {
+    client_command_on(image, memory, smp, append, "user,id=n0")
+}
+
+/// [`client_command`] with another `-netdev` (its id must be `n0`), e.g.
+/// [`crate::netns::NetNs::tap_netdev`]; the guest still sees the host at 10.0.2.2.
+pub fn client_command_on(
+    image: &ClientImage,
+    memory: &str,
+    smp: u32,
+    append: &str,
+    netdev: &str,
+) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-cpu", "max", "-m", memory])
         .args(["-smp", &smp.to_string()])
@@ -66,7 +80,7 @@ pub fn client_command(image: &ClientImage, memory: &str, smp: u32, append: &str)
         ])
         .args([
             "-netdev",
-            "user,id=n0",
+            netdev,
             "-device",
             // No option ROM: nothing to network-boot, and no dependency on ipxe's ROM files.
             "virtio-net-pci,netdev=n0,romfile=",
@@ -113,10 +127,26 @@ impl Appliance {
     /// Starts `binary --listen 127.0.0.1:PORT --memory MEMORY` on a free port and waits (bounded)
     /// until it says it is listening.
     pub fn start(binary: &PathBuf, memory: &str) -> std::io::Result<Appliance> {
+        Self::start_in(binary, memory, None)
+    }
+
+    /// [`Appliance::start`], or with `netns` inside that namespace listening on its tap address
+    /// ([`NetNs::HOST`], where the client VM finds the host).
+    pub fn start_in(
+        binary: &PathBuf,
+        memory: &str,
+        netns: Option<&NetNs>,
+    ) -> std::io::Result<Appliance> {
         let port = crate::free_port();
-        let mut child = Command::new(binary)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--memory", memory])
-            .args(["--log-level", "warn"])
+        let host = netns.map_or(Ipv4Addr::LOCALHOST, |_| NetNs::HOST);
+        let mut cmd = Command::new(binary);
+        cmd.args(["--listen", &format!("{host}:{port}"), "--memory", memory])
+            .args(["--log-level", "warn"]);
+        let mut cmd = match netns {
+            Some(ns) => ns.command(&cmd),
+            None => cmd,
+        };
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

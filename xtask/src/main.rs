@@ -62,3 +62,14 @@ fn main() -> Result<()> {
         Verb::Demo(args) => demo::demo(&args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks argument definitions (unique names, valid defaults) only when a command is
+    /// built; do it here so a clash fails the fast suite, not a long benchmark run.
+    #[test]
+    fn command_line_definition_is_valid() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

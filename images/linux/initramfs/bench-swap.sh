@@ -47,7 +47,8 @@ if [ -n "$dev" ]; then
 	mkswap "$dev" >/dev/null || setup_rc=1
 	swapon "$dev" || setup_rc=1
 fi
-echo "TMEM-BENCH-SETUP backend=$backend dev=$dev rc=$setup_rc ram_mib=$(ram_mib) zswap=$zswap"
+sched=$([ -n "$dev" ] && sed 's/.*\[\(.*\)\].*/\1/' "/sys/block/${dev#/dev/}/queue/scheduler" 2>/dev/null)
+echo "TMEM-BENCH-SETUP backend=$backend dev=$dev rc=$setup_rc ram_mib=$(ram_mib) zswap=$zswap scheduler=${sched:-none}"
 
 uptime_cs() { read -r up _ < /proc/uptime; echo "${up%.*}${up#*.}"; }
 netbytes() { cat "/sys/class/net/eth0/statistics/$1" 2>/dev/null || echo 0; }

@@ -15,7 +15,8 @@ vmstat_val() { awk -v k="$1" '$1 == k { print $2 }' /proc/vmstat; }
 
 load_kclient() {
 	insmod /lib/modules/kclient.ko remote_target="${tmem_target:-10.0.2.2:7000}" \
-		size="${tmem_size:-1G}" io_timeout_ms="${tmem_timeout_ms:-10000}" compress="${tmem_compress:-0}"
+		size="${tmem_size:-1G}" io_timeout_ms="${tmem_timeout_ms:-10000}" compress="${tmem_compress:-0}" \
+		nr_conns="${tmem_conns:-0}"
 }
 
 ram_mib() { awk '$1 == "MemTotal:" { print int($2 / 1024) }' /proc/meminfo; }
