@@ -45,5 +45,39 @@ impl OomHandler for SpansFromKernel {
     }
 }
 
+/// Smallest span the start-up probe counts.
+const PROBE_MIN: usize = 1 << 20;
+
+/// How much the kernel heap can still hand out, measured at start-up by taking spans (largest
+/// first, halving down to 1 MiB) and giving every one back. Hermit sizes its heap from the VM's RAM
+/// and offers no call to ask; a store budget above this would abort the appliance when it fills.
+pub fn kernel_heap_available() -> usize {
+    let mut taken: Vec<(*mut u8, Layout)> = Vec::new();
+    let mut size = SPAN_SIZE;
+    // Bounded: every round either takes a span (finitely many fit) or halves `size`.
+    while size >= PROBE_MIN {
+        let Ok(layout) = Layout::from_size_align(size, SPAN_ALIGN) else {
+            break;
+        };
+        // SAFETY: `layout` has a non-zero size.
+        let base = unsafe { System.alloc(layout) };
+        if base.is_null() {
+            size /= 2;
+        } else if taken.try_reserve(1).is_ok() {
+            taken.push((base, layout));
+        } else {
+            // SAFETY: allocated just above with this layout and not used.
+            unsafe { System.dealloc(base, layout) };
+            break;
+        }
+    }
+    let total = taken.iter().map(|(_, l)| l.size()).sum();
+    for (base, layout) in taken {
+        // SAFETY: each span was allocated above with this layout and never used.
+        unsafe { System.dealloc(base, layout) };
+    }
+    total
+}
+
 #[global_allocator]
 static ALLOCATOR: Talck<spin::Mutex<()>, SpansFromKernel> = Talc::new(SpansFromKernel).lock();

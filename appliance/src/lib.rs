@@ -9,7 +9,7 @@ pub mod codec;
 mod event_loop;
 pub mod framing;
 #[cfg(target_os = "hermit")]
-mod hermit_heap;
+pub mod hermit_heap;
 pub mod metrics;
 pub mod server;
 pub mod session;

@@ -59,8 +59,29 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    let memory_limit = usize::try_from(args.memory).context("--memory too large")?;
+    #[cfg(target_os = "hermit")]
+    let memory_limit = {
+        let heap = appliance::hermit_heap::kernel_heap_available();
+        let budget = appliance::store::budget_within_heap(memory_limit, heap);
+        if budget < memory_limit {
+            tracing::warn!(
+                requested = memory_limit,
+                heap,
+                budget,
+                "--memory is more than this VM's heap can hold: store capped"
+            );
+            println!(
+                "appliance: store capped at {} MiB (asked {} MiB; the VM's heap has {} MiB)",
+                budget >> 20,
+                memory_limit >> 20,
+                heap >> 20
+            );
+        }
+        budget
+    };
     let store = Arc::new(Store::new(StoreConfig {
-        memory_limit: usize::try_from(args.memory).context("--memory too large")?,
+        memory_limit,
         client_quota: args.client_quota.map(|q| q as usize),
         raw_threshold: args.raw_threshold.min(protocol::PAGE_SIZE),
     }));

@@ -428,3 +428,12 @@ impl Inner {
         true
     }
 }
+
+/// The store budget a heap of `heap_available` bytes can carry: `requested`, or less when the heap
+/// cannot hold it with room to spare for the index, connection buffers and (on Hermit) the network
+/// driver: a sixteenth of the heap, at least 16 MiB. A budget the heap cannot hold would end in an
+/// allocation failure (an abort) when the store fills, instead of `NO_SPACE` replies.
+pub fn budget_within_heap(requested: usize, heap_available: usize) -> usize {
+    let headroom = (heap_available / 16).max(16 << 20);
+    requested.min(heap_available.saturating_sub(headroom))
+}

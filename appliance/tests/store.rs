@@ -252,3 +252,16 @@ fn allocator_efficiency_is_close_to_compressed_size() {
         st[StatId::StoredBytes as usize] as f64 / st[StatId::DataBytes as usize] as f64;
     assert!(efficiency >= 0.9, "efficiency {efficiency:.3}");
 }
+
+#[test]
+fn budget_is_capped_to_what_the_heap_can_hold() {
+    use appliance::store::budget_within_heap;
+    const MIB: usize = 1 << 20;
+    // Fits with room to spare: unchanged.
+    assert_eq!(budget_within_heap(192 * MIB, 1024 * MIB), 192 * MIB);
+    // Too big: a sixteenth of the heap stays free.
+    assert_eq!(budget_within_heap(1024 * MIB, 800 * MIB), 750 * MIB);
+    // Small heaps keep at least 16 MiB free; a heap smaller than that leaves no budget.
+    assert_eq!(budget_within_heap(100 * MIB, 64 * MIB), 48 * MIB);
+    assert_eq!(budget_within_heap(100 * MIB, 8 * MIB), 0);
+}

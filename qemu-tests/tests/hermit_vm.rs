@@ -237,3 +237,77 @@ fn hermit_vm_stores_a_gibibyte() {
     );
     assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
 }
+
+/// `--memory` far beyond what a 256 MiB VM can hold: the appliance measures its heap at start-up,
+/// caps the store (saying so), and when the store is full it refuses puts with NO_SPACE and keeps
+/// serving; before the cap it aborted with an allocation failure once the heap ran out.
+#[test]
+fn hermit_caps_an_oversized_store_and_keeps_serving_when_full() {
+    const TEST: &str = "hermit_caps_an_oversized_store_and_keeps_serving_when_full";
+    let Some(image) = hermit_image(TEST) else {
+        return;
+    };
+    let Some(tmemctl) = workspace_binary(TEST, "tmemctl") else {
+        return;
+    };
+    let (mut vm, addr) = Qemu::boot_hermit_appliance(
+        "hermit-cap",
+        &image,
+        "256M",
+        &[
+            "--memory",
+            "1GiB",
+            "--raw-threshold",
+            "0",
+            "--log-level",
+            "warn",
+        ],
+        BOOT_TIMEOUT,
+    )
+    .expect("appliance VM booted");
+    let addr = addr.to_string();
+    assert!(
+        vm.output().contains("store capped at"),
+        "no cap reported: {}",
+        vm.output()
+    );
+    let corpus = Arc::new(Corpus::synthetic(16_384, 7));
+    let cfg = |pages| BenchConfig {
+        pages,
+        threads: 2,
+        depth: 4,
+        batch: 16,
+        client_lz4: true,
+        max_time: Duration::from_secs(240),
+        progress: false,
+    };
+    let connect = |client: u64| {
+        (0..2)
+            .map(|t| TmemBackend::connect(&addr, client + t, true))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .expect("connect")
+    };
+    // Pages stored while there is room...
+    let mut first = connect(0x6361_7000);
+    let small = cfg(8_192);
+    let put = run_phase(Op::Put, &mut first, &corpus, &small).expect("put phase");
+    assert_eq!(put.errors, 0, "refused while the store had room");
+    // ...then far more than the capped store (and the VM) can hold: 60 000 pages of 4 KiB.
+    let mut flood = connect(0x6361_7100);
+    let over = run_phase(Op::Put, &mut flood, &corpus, &cfg(60_000))
+        .unwrap_or_else(|e| panic!("flood: {e:#}; VM log {}", vm.log_path().display()));
+    assert!(over.errors > 0, "nothing refused: the store was not full");
+    assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
+    let stats = stats_json(&tmemctl, &addr);
+    eprintln!("stats: {stats}");
+    assert!(counter(&stats, "no_space_refusals") >= over.errors);
+    assert!(
+        counter(&stats, "memory_limit") < 256 << 20,
+        "not capped: {stats}"
+    );
+    assert!(counter(&stats, "data_bytes") <= counter(&stats, "memory_limit"));
+    // The pages stored before the store filled are all still there, byte for byte.
+    let back = run_phase(Op::Get, &mut first, &corpus, &small).expect("get phase");
+    assert_eq!((back.errors, back.mismatches), (0, 0), "stored pages lost");
+    assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
+}
