@@ -43,26 +43,34 @@ fn counter(stats: &serde_json::Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("stats have no counter {name}: {stats}"))
 }
 
+/// The Hermit appliance VM with `memory` of RAM and `app_args`, and `tmemctl`; `None` (after a SKIP
+/// line, or a failure under `TMEM_REQUIRE_VM=1`) when an artefact is missing.
+fn boot_with_tmemctl(
+    test: &str,
+    name: &str,
+    memory: &str,
+    app_args: &[&str],
+) -> Option<(Qemu, String, std::path::PathBuf)> {
+    let image = hermit_image(test)?;
+    let tmemctl = workspace_binary(test, "tmemctl")?;
+    let (vm, addr) = Qemu::boot_hermit_appliance(name, &image, memory, app_args, BOOT_TIMEOUT)
+        .expect("appliance VM booted");
+    Some((vm, addr.to_string(), tmemctl))
+}
+
 /// `tmemctl bench` against the VM (sized for TCG: 20 000 pages, batch 16), every page verified;
 /// the pages are kept and `tmemctl stats --json` must count them.
 #[test]
 fn hermit_bench_verifies_every_page_and_stats_show_them() {
     const TEST: &str = "hermit_bench_verifies_every_page_and_stats_show_them";
-    let Some(image) = hermit_image(TEST) else {
-        return;
-    };
-    let Some(tmemctl) = workspace_binary(TEST, "tmemctl") else {
-        return;
-    };
-    let (mut vm, addr) = Qemu::boot_hermit_appliance(
+    let Some((mut vm, addr, tmemctl)) = boot_with_tmemctl(
+        TEST,
         "hermit-bench",
-        &image,
         "1G",
         &["--memory", "512MiB", "--log-level", "warn"],
-        BOOT_TIMEOUT,
-    )
-    .expect("appliance VM booted");
-    let addr = addr.to_string();
+    ) else {
+        return;
+    };
 
     let pages = 20_000u64;
     let mut cmd = Command::new(&tmemctl);
@@ -147,15 +155,9 @@ fn hermit_passes_the_conformance_suite() {
 fn hermit_vm_stores_a_gibibyte() {
     const TEST: &str = "hermit_vm_stores_a_gibibyte";
     const PAGES: u64 = (1 << 30) / 4096;
-    let Some(image) = hermit_image(TEST) else {
-        return;
-    };
-    let Some(tmemctl) = workspace_binary(TEST, "tmemctl") else {
-        return;
-    };
-    let (mut vm, addr) = Qemu::boot_hermit_appliance(
+    let Some((mut vm, addr, tmemctl)) = boot_with_tmemctl(
+        TEST,
         "hermit-gib",
-        &image,
         "1536M",
         &[
             "--memory",
@@ -165,10 +167,9 @@ fn hermit_vm_stores_a_gibibyte() {
             "--log-level",
             "warn",
         ],
-        BOOT_TIMEOUT,
-    )
-    .expect("appliance VM booted");
-    let addr = addr.to_string();
+    ) else {
+        return;
+    };
 
     // One page: zeros and a final 1 (not a fill page, so each copy gets its index written in).
     let dir = std::env::temp_dir().join(format!("tmem-gib-corpus-{}", std::process::id()));
@@ -244,15 +245,9 @@ fn hermit_vm_stores_a_gibibyte() {
 #[test]
 fn hermit_caps_an_oversized_store_and_keeps_serving_when_full() {
     const TEST: &str = "hermit_caps_an_oversized_store_and_keeps_serving_when_full";
-    let Some(image) = hermit_image(TEST) else {
-        return;
-    };
-    let Some(tmemctl) = workspace_binary(TEST, "tmemctl") else {
-        return;
-    };
-    let (mut vm, addr) = Qemu::boot_hermit_appliance(
+    let Some((mut vm, addr, tmemctl)) = boot_with_tmemctl(
+        TEST,
         "hermit-cap",
-        &image,
         "256M",
         &[
             "--memory",
@@ -262,10 +257,9 @@ fn hermit_caps_an_oversized_store_and_keeps_serving_when_full() {
             "--log-level",
             "warn",
         ],
-        BOOT_TIMEOUT,
-    )
-    .expect("appliance VM booted");
-    let addr = addr.to_string();
+    ) else {
+        return;
+    };
     assert!(
         vm.output().contains("store capped at"),
         "no cap reported: {}",
