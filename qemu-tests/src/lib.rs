@@ -45,6 +45,15 @@ pub struct HermitImage {
     pub appliance: PathBuf,
 }
 
+/// Whether this process runs as root (`id -u` is 0): needed for namespaces and tap devices, and to
+/// call apt-get without sudo.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
 /// Whether VM tests must run: `TMEM_REQUIRE_VM=1` (set by `cargo xtask test-vm`).
 pub fn vm_required() -> bool {
     std::env::var("TMEM_REQUIRE_VM").is_ok_and(|v| v == "1")

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -138,15 +137,11 @@ impl Appliance {
         netns: Option<&NetNs>,
     ) -> std::io::Result<Appliance> {
         let port = crate::free_port();
-        let host = netns.map_or(Ipv4Addr::LOCALHOST, |_| NetNs::HOST);
+        let host = NetNs::server_host(netns);
         let mut cmd = Command::new(binary);
         cmd.args(["--listen", &format!("{host}:{port}"), "--memory", memory])
             .args(["--log-level", "warn"]);
-        let mut cmd = match netns {
-            Some(ns) => ns.command(&cmd),
-            None => cmd,
-        };
-        let mut child = cmd
+        let mut child = NetNs::command_in(netns, cmd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

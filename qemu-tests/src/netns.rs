@@ -27,8 +27,7 @@ impl NetNs {
 
     /// Why a namespace with a tap device cannot be made on this machine, or `None` if it can.
     pub fn unavailable() -> Option<String> {
-        let uid = Command::new("id").arg("-u").output();
-        if !uid.is_ok_and(|o| o.stdout.starts_with(b"0\n")) {
+        if !crate::is_root() {
             return Some("needs root (network namespaces and tap devices)".into());
         }
         if !std::path::Path::new("/dev/net/tun").exists() {
@@ -74,6 +73,20 @@ impl NetNs {
         ip(&["-n", &ns.name, "addr", "add", &host, "dev", Self::TAP])?;
         ip(&["-n", &ns.name, "link", "set", Self::TAP, "up"])?;
         Ok(ns)
+    }
+
+    /// Where a server listens for the client VM: [`Self::HOST`] inside `netns`, else 127.0.0.1
+    /// (QEMU user networking forwards the guest's 10.0.2.2 there).
+    pub fn server_host(netns: Option<&NetNs>) -> Ipv4Addr {
+        netns.map_or(Ipv4Addr::LOCALHOST, |_| Self::HOST)
+    }
+
+    /// `cmd` inside `netns` if there is one ([`Self::command`]), else `cmd` itself.
+    pub fn command_in(netns: Option<&NetNs>, cmd: Command) -> Command {
+        match netns {
+            Some(ns) => ns.command(&cmd),
+            None => cmd,
+        }
     }
 
     pub fn name(&self) -> &str {

@@ -58,6 +58,14 @@ fn boot_with_tmemctl(
     Some((vm, addr.to_string(), tmemctl))
 }
 
+/// `threads` client-LZ4 bench connections to `addr`, client ids `first_client`, `first_client + 1`...
+fn connect_lz4(addr: &str, first_client: u64, threads: usize) -> Vec<TmemBackend> {
+    (0..threads as u64)
+        .map(|t| TmemBackend::connect(addr, first_client + t, true))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .expect("connect")
+}
+
 /// `tmemctl bench` against the VM (sized for TCG: 20 000 pages, batch 16), every page verified;
 /// the pages are kept and `tmemctl stats --json` must count them.
 #[test]
@@ -195,10 +203,7 @@ fn hermit_vm_stores_a_gibibyte() {
     let mut put = 0u64;
     // Bounded: PAGES / chunk rounds, each bounded by what is left of `limit`.
     for round in 0..PAGES / chunk {
-        let mut backends = (0..cfg.threads)
-            .map(|t| TmemBackend::connect(&addr, 0x6769_6200 + round * 8 + t as u64, true))
-            .collect::<anyhow::Result<Vec<_>>>()
-            .expect("connect");
+        let mut backends = connect_lz4(&addr, 0x6769_6200 + round * 8, cfg.threads);
         let left = limit.saturating_sub(start.elapsed());
         assert!(!left.is_zero(), "only {put} pages put in {limit:?}");
         let cfg = BenchConfig {
@@ -275,19 +280,13 @@ fn hermit_caps_an_oversized_store_and_keeps_serving_when_full() {
         max_time: Duration::from_secs(240),
         progress: false,
     };
-    let connect = |client: u64| {
-        (0..2)
-            .map(|t| TmemBackend::connect(&addr, client + t, true))
-            .collect::<anyhow::Result<Vec<_>>>()
-            .expect("connect")
-    };
     // Pages stored while there is room...
-    let mut first = connect(0x6361_7000);
+    let mut first = connect_lz4(&addr, 0x6361_7000, 2);
     let small = cfg(8_192);
     let put = run_phase(Op::Put, &mut first, &corpus, &small).expect("put phase");
     assert_eq!(put.errors, 0, "refused while the store had room");
     // ...then far more than the capped store (and the VM) can hold: 60 000 pages of 4 KiB.
-    let mut flood = connect(0x6361_7100);
+    let mut flood = connect_lz4(&addr, 0x6361_7100, 2);
     let over = run_phase(Op::Put, &mut flood, &corpus, &cfg(60_000))
         .unwrap_or_else(|e| panic!("flood: {e:#}; VM log {}", vm.log_path().display()));
     assert!(over.errors > 0, "nothing refused: the store was not full");

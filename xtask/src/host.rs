@@ -89,7 +89,7 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         "installing Debian packages: {}",
         missing.join(" ")
     ));
-    let sudo = !is_root();
+    let sudo = !qemu_tests::is_root();
     static UPDATED: OnceLock<()> = OnceLock::new();
     if UPDATED.get().is_none() {
         run(apt_command(sudo).arg("update").arg("-q"))?;
@@ -130,14 +130,6 @@ fn apt_command(sudo: bool) -> Command {
     };
     cmd.env("DEBIAN_FRONTEND", "noninteractive");
     cmd
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 fn dpkg_installed(pkg: &str) -> bool {

@@ -262,20 +262,7 @@ fn prepare(work: &Path) -> Result<ClientImage> {
                 .current_dir(&root),
         )?;
     }
-    if !have("qemu-nbd") {
-        step("installing qemu-utils (qemu-nbd)");
-        let mut apt = if is_root() {
-            Command::new("apt-get")
-        } else {
-            let mut c = Command::new("sudo");
-            c.arg("apt-get");
-            c
-        };
-        run_cmd(
-            apt.args(["install", "-y", "-q", "qemu-utils"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-    }
+    crate::host::ensure_apt_tool("qemu-nbd", "qemu-utils")?;
     let kernel = linux_kernel::ensure_kernel(2)?;
 
     step("swap bench: guest programs and initramfs");
@@ -331,21 +318,6 @@ fn prepare(work: &Path) -> Result<ClientImage> {
     })
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0"))
-}
-
 /// `auto` becomes `tap` when a namespace with a tap device can be made here, else `user`.
 fn resolve_net(net: &str) -> Result<String> {
     match (net, NetNs::unavailable()) {
@@ -399,15 +371,8 @@ fn run_backend(
         "tap" => Some(NetNs::create("swapbench").context("creating the network namespace")?),
         _ => None,
     };
-    let in_ns = |cmd: Command| match &netns {
-        Some(ns) => ns.command(&cmd),
-        None => cmd,
-    };
-    let server_host = if netns.is_some() {
-        NetNs::HOST
-    } else {
-        std::net::Ipv4Addr::LOCALHOST
-    };
+    let in_ns = |cmd: Command| NetNs::command_in(netns.as_ref(), cmd);
+    let server_host = NetNs::server_host(netns.as_ref());
     let mut _appliance = None;
     let mut _hermit: Option<Qemu> = None;
     let mut _server = None;
