@@ -14,8 +14,12 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::linux_initramfs;
-use crate::linux_kernel::{self, step};
+use crate::linux_kernel::{self, step, Flavor};
 use crate::paths;
+
+/// In the image directory: the kernel source the image was built from (one line, see
+/// [`linux_kernel::KernelBuild::provenance`]).
+pub const KERNEL_SOURCE_FILE: &str = "kernel-source.txt";
 
 #[derive(clap::Args)]
 pub struct ClientImageArgs {
@@ -28,6 +32,19 @@ pub struct ClientImageArgs {
     /// Stop after the kernel build.
     #[arg(long)]
     kernel_only: bool,
+    /// Build the debug client kernel instead (lockdep, KASAN, atomic-sleep checks;
+    /// `images/linux/kclient-debug.config`), its own kclient.ko and initramfs, into
+    /// `target/images/debug/`.
+    #[arg(long)]
+    debug: bool,
+}
+
+/// Where a flavor's bootable artefacts go: `target/images/`, or `target/images/debug/`.
+pub fn image_dir(flavor: Flavor) -> PathBuf {
+    match flavor {
+        Flavor::Normal => paths::images_out(),
+        Flavor::Debug => paths::images_out().join("debug"),
+    }
 }
 
 pub fn client_image(args: &ClientImageArgs) -> Result<()> {
@@ -35,15 +52,22 @@ pub fn client_image(args: &ClientImageArgs) -> Result<()> {
     if !args.no_install {
         linux_kernel::ensure_host_tools()?;
     }
-    let kernel = linux_kernel::ensure_kernel(args.jobs)?;
-    let out = paths::images_out();
+    let flavor = if args.debug {
+        Flavor::Debug
+    } else {
+        Flavor::Normal
+    };
+    let kernel = linux_kernel::ensure_kernel_flavor(args.jobs, flavor)?;
+    let out = image_dir(flavor);
     std::fs::create_dir_all(&out)?;
     std::fs::copy(kernel.bzimage(), out.join("bzImage"))?;
+    // Debian's source package moves with security updates: say which one this image is.
+    std::fs::write(out.join(KERNEL_SOURCE_FILE), kernel.provenance() + "\n")?;
     if args.kernel_only {
         return Ok(());
     }
 
-    let kclient = build_module(&kernel.build_dir, args.jobs)?;
+    let kclient = build_module(&kernel.build_dir, args.jobs, flavor)?;
     std::fs::copy(&kclient, out.join("kclient.ko"))?;
 
     let work = paths::repo_root().join("target").join("linux-client");
@@ -81,15 +105,24 @@ pub fn client_image(args: &ClientImageArgs) -> Result<()> {
     Ok(())
 }
 
-/// Builds `kclient.ko` against the cached kernel tree (kbuild writes objects next to the sources;
-/// they are git-ignored).
-fn build_module(kernel_build: &Path, jobs: usize) -> Result<PathBuf> {
-    let dir = paths::repo_root().join("kclient");
+/// Builds `kclient.ko` against the cached kernel tree. kbuild writes objects next to the sources
+/// (git-ignored); for the debug kernel the sources are mirrored into `target/linux-client/` first,
+/// so the two flavors' objects never mix and each stays incremental.
+fn build_module(kernel_build: &Path, jobs: usize, flavor: Flavor) -> Result<PathBuf> {
+    let src = paths::repo_root().join("kclient");
     generate_protocol(
         &paths::repo_root().join("protocol/src"),
-        &dir.join("generated/protocol"),
+        &src.join("generated/protocol"),
     )?;
-    step("kclient.ko");
+    let dir = match flavor {
+        Flavor::Normal => src,
+        Flavor::Debug => {
+            let dir = paths::repo_root().join("target/linux-client/kclient-debug");
+            mirror_sources(&src, &dir)?;
+            dir
+        }
+    };
+    step(&format!("kclient.ko ({flavor:?} kernel)"));
     let mut make = linux_kernel::make_command(kernel_build, jobs);
     make.arg(format!("M={}", dir.display())).arg("modules");
     linux_kernel::run_with_progress(&mut make, "kclient")?;
@@ -98,6 +131,53 @@ fn build_module(kernel_build: &Path, jobs: usize) -> Result<PathBuf> {
         bail!("{} was not produced", ko.display());
     }
     Ok(ko)
+}
+
+/// Copies the module's sources (`Kbuild`, `*.rs`, `*.c`, `*.h`, and everything under
+/// `generated/`) from `src` to `dst`, writing only files whose contents changed (so kbuild's
+/// timestamps stay meaningful) and removing sources that no longer exist.
+fn mirror_sources(src: &Path, dst: &Path) -> Result<()> {
+    let wanted = |path: &Path, top: bool| {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = name.as_deref().unwrap_or("");
+        if path.is_dir() {
+            return !top || name == "generated";
+        }
+        !top || name == "Kbuild" || [".rs", ".c", ".h"].iter().any(|e| name.ends_with(e))
+    };
+    mirror_tree(src, dst, &wanted, true)
+}
+
+fn mirror_tree(
+    src: &Path,
+    dst: &Path,
+    wanted: &dyn Fn(&Path, bool) -> bool,
+    top: bool,
+) -> Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+        let path = entry?.path();
+        if !wanted(&path, top) {
+            continue;
+        }
+        let target = dst.join(path.file_name().context("file name")?);
+        if path.is_dir() {
+            mirror_tree(&path, &target, wanted, false)?;
+            continue;
+        }
+        let body = std::fs::read(&path)?;
+        if std::fs::read(&target).ok().as_deref() != Some(body.as_slice()) {
+            std::fs::write(&target, body)?;
+        }
+    }
+    for entry in std::fs::read_dir(dst)? {
+        let path = entry?.path();
+        let name = path.file_name().context("file name")?;
+        if path.is_file() && wanted(&path, top) && !src.join(name).exists() {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// The module compiles the workspace's `protocol/` crate as its `protocol` module. That source says

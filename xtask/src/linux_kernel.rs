@@ -3,8 +3,9 @@
 //!
 //! Layout under `cache_dir()/linux/`:
 //! - `src-<debian version>/linux-source-6.12/`: the extracted tree (never modified; kbuild runs with `O=`).
-//! - `build-<debian version>-<key>/`: the object tree. `<key>` hashes the fragment and the pinned
-//!   toolchain, so editing the fragment builds a fresh tree while the old one stays valid.
+//! - `build-<debian version>-<key>/`: the object tree. `<key>` hashes the source version, the
+//!   fragment(s) and the versions of rustc, clang, ld.lld and bindgen, so changing any of them builds
+//!   a fresh tree while the old one stays valid. `build-debug-...` is the debug kernel ([`Flavor`]).
 //!
 //! kbuild records absolute paths, so both directories must stay where they are; a finished build is
 //! marked with a `.tmem-built` stamp and a second run does nothing.
@@ -12,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::paths;
 
@@ -54,11 +55,21 @@ const BUILT_STAMP: &str = ".tmem-built";
 pub struct KernelBuild {
     /// The object tree (`O=`), i.e. what `make -C` gets for out-of-tree modules.
     pub build_dir: PathBuf,
+    /// Debian version of `linux-source-6.12` the tree was built from.
+    pub source_version: String,
 }
 
 impl KernelBuild {
     pub fn bzimage(&self) -> PathBuf {
         self.build_dir.join("arch/x86/boot/bzImage")
+    }
+
+    /// What the image was built from, one line: the source package version and the kernel release.
+    pub fn provenance(&self) -> String {
+        let release = std::fs::read_to_string(self.build_dir.join("include/config/kernel.release"))
+            .map(|r| r.trim().to_string())
+            .unwrap_or_else(|_| "?".into());
+        format!("{SOURCE_PACKAGE} {} (Linux {release})", self.source_version)
     }
 }
 
@@ -102,12 +113,16 @@ pub fn ensure_host_tools() -> Result<()> {
         .output()
         .map(|out| {
             let list = String::from_utf8_lossy(&out.stdout);
-            out.status.success() && list.contains("rust-src") && list.contains("rustfmt")
+            out.status.success()
+                && ["rust-src", "rustfmt", "clippy"]
+                    .iter()
+                    .all(|c| list.contains(c))
         })
         .unwrap_or(false);
     if !have_toolchain {
+        // clippy: kclient is built with `CLIPPY=1` (clippy-driver of this exact toolchain).
         step(&format!(
-            "installing Rust {RUST_TOOLCHAIN} with rust-src + rustfmt"
+            "installing Rust {RUST_TOOLCHAIN} with rust-src + rustfmt + clippy"
         ));
         run(Command::new("rustup").args([
             "toolchain",
@@ -119,6 +134,8 @@ pub fn ensure_host_tools() -> Result<()> {
             "rust-src",
             "-c",
             "rustfmt",
+            "-c",
+            "clippy",
         ]))?;
     }
 
@@ -210,21 +227,92 @@ pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
     hash
 }
 
-/// Configures (if needed) and builds the kernel; a no-op when the cached build is complete.
+/// Which client kernel: the normal one, or the debug one (lockdep, KASAN, atomic-sleep checks) that
+/// `images/linux/kclient-debug.config` adds on top of the normal fragment.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Flavor {
+    Normal,
+    Debug,
+}
+
+impl Flavor {
+    /// Config fragments merged into tinyconfig, in order (paths relative to the repository).
+    fn fragments(self) -> &'static [&'static str] {
+        match self {
+            Flavor::Normal => &["images/linux/kclient.config"],
+            Flavor::Debug => &[
+                "images/linux/kclient.config",
+                "images/linux/kclient-debug.config",
+            ],
+        }
+    }
+
+    fn dir_prefix(self) -> &'static str {
+        match self {
+            Flavor::Normal => "build",
+            Flavor::Debug => "build-debug",
+        }
+    }
+}
+
+/// The first line of `cmd --version` (or the whole output of `args`), for cache keys.
+fn tool_version(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .env("RUSTUP_TOOLCHAIN", RUST_TOOLCHAIN)
+        .env("PATH", path_with_cargo_bin())
+        .output()
+        .with_context(|| format!("running {program} {}", args.join(" ")))?;
+    ensure!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Everything outside the source and the config that changes the kernel's objects: the exact
+/// rustc (with its commit and LLVM), clang, the linker and bindgen, as their own `--version` says.
+fn toolchain_fingerprint() -> Result<String> {
+    let mut parts = vec![format!("toolchain {RUST_TOOLCHAIN}")];
+    for (program, args) in [
+        ("rustc", &["--version", "--verbose"][..]),
+        ("clang", &["--version"][..]),
+        ("ld.lld", &["--version"][..]),
+        ("bindgen", &["--version"][..]),
+    ] {
+        parts.push(tool_version(program, args)?);
+    }
+    Ok(parts.join("\n"))
+}
+
+/// Configures (if needed) and builds the normal client kernel; a no-op when the cached build is
+/// complete.
 pub fn ensure_kernel(jobs: usize) -> Result<KernelBuild> {
-    let fragment_path = paths::repo_root().join("images/linux/kclient.config");
-    let fragment = std::fs::read_to_string(&fragment_path)
-        .with_context(|| format!("reading {}", fragment_path.display()))?;
+    ensure_kernel_flavor(jobs, Flavor::Normal)
+}
+
+/// [`ensure_kernel`] for either flavor. The cache key covers the Debian source version, the tool
+/// versions ([`toolchain_fingerprint`]) and every fragment's bytes.
+pub fn ensure_kernel_flavor(jobs: usize, flavor: Flavor) -> Result<KernelBuild> {
+    let mut fragments = Vec::new();
+    for rel in flavor.fragments() {
+        let path = paths::repo_root().join(rel);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        fragments.push((path, text));
+    }
     let version = source_version()?;
+    let tools = toolchain_fingerprint()?;
     let linux_cache = paths::cache_dir().join("linux");
-    let key = fnv1a64(&[
-        version.as_bytes(),
-        fragment.as_bytes(),
-        RUST_TOOLCHAIN.as_bytes(),
-    ]);
-    let build_dir = linux_cache.join(format!("build-{version}-{key:016x}"));
+    let mut key_parts: Vec<&[u8]> = vec![version.as_bytes(), tools.as_bytes()];
+    key_parts.extend(fragments.iter().map(|(_, text)| text.as_bytes()));
+    let key = fnv1a64(&key_parts);
+    let build_dir = linux_cache.join(format!("{}-{version}-{key:016x}", flavor.dir_prefix()));
     let build = KernelBuild {
         build_dir: build_dir.clone(),
+        source_version: version.clone(),
     };
     if build_dir.join(BUILT_STAMP).exists() && build.bzimage().exists() {
         step(&format!("kernel: cached build {}", build_dir.display()));
@@ -233,30 +321,39 @@ pub fn ensure_kernel(jobs: usize) -> Result<KernelBuild> {
 
     let src = ensure_source(&linux_cache, &version)?;
     std::fs::create_dir_all(&build_dir)?;
+    std::fs::write(build_dir.join(".tmem-key"), format!("{version}\n{tools}\n"))?;
 
-    step("kernel: tinyconfig + images/linux/kclient.config");
+    let names: Vec<&str> = flavor.fragments().to_vec();
+    step(&format!(
+        "kernel ({flavor:?}): tinyconfig + {}",
+        names.join(" + ")
+    ));
     let mut tiny = make_command(&src, 1);
     tiny.arg(format!("O={}", build_dir.display()))
         .arg("tinyconfig");
     run_quiet(&mut tiny)?;
-    run_quiet(
-        Command::new(src.join("scripts/kconfig/merge_config.sh"))
-            .current_dir(&build_dir)
-            .env("ARCH", "x86")
-            .args(["-m", "-O"])
-            .arg(&build_dir)
-            .arg(build_dir.join(".config"))
-            .arg(&fragment_path),
-    )?;
+    let mut merge = Command::new(src.join("scripts/kconfig/merge_config.sh"));
+    merge
+        .current_dir(&build_dir)
+        .env("ARCH", "x86")
+        .args(["-m", "-O"])
+        .arg(&build_dir)
+        .arg(build_dir.join(".config"));
+    for (path, _) in &fragments {
+        merge.arg(path);
+    }
+    run_quiet(&mut merge)?;
     let mut olddef = make_command(&src, 1);
     olddef
         .arg(format!("O={}", build_dir.display()))
         .arg("olddefconfig");
     run_quiet(&mut olddef)?;
-    check_config(&build_dir.join(".config"), &fragment)?;
+    for (_, text) in &fragments {
+        check_config(&build_dir.join(".config"), text)?;
+    }
 
     step(&format!(
-        "kernel: building bzImage + modules with -j{jobs} (12-16 min on 2 cores; progress every 30 s)"
+        "kernel ({flavor:?}): building bzImage + modules with -j{jobs} (12-16 min on 2 cores; progress every 30 s)"
     ));
     let mut make = make_command(&build_dir, jobs);
     make.args(["bzImage", "modules"]);
