@@ -1,13 +1,16 @@
 //! The tmem appliance: a compressed page store for remote clients, and the server in front of it.
 //!
 //! Layers, bottom up: [`slab`] (size-class allocator, exact accounting), [`codec`] (checked LZ4,
-//! checksums, fill pages), [`store`] (tmem pools, eviction, quotas), [`framing`] + [`session`]
-//! (sans-IO protocol core: bytes in, frames out), [`server`] (TCP front ends: a thread per
-//! connection, or one event loop — the default on Hermit); [`metrics`] (Prometheus text over HTTP).
+//! checksums, fill pages), [`store`] (tmem pools, eviction, quotas), [`framing`] + [`session`] +
+//! [`connection`] (the sans-IO connection core: bytes in, bytes out), [`server`] (binds and runs a
+//! TCP front end: a thread per connection, or one event loop — the default on Hermit; both are thin
+//! shells around [`connection::Connection`]); [`metrics`] (Prometheus text over HTTP).
 
 pub mod codec;
+pub mod connection;
 mod event_loop;
 pub mod framing;
+mod front;
 #[cfg(target_os = "hermit")]
 pub mod hermit_heap;
 pub mod metrics;
@@ -15,6 +18,7 @@ pub mod server;
 pub mod session;
 pub mod slab;
 pub mod store;
+mod threaded;
 
 use protocol::{StatId, STAT_COUNT};
 use std::sync::atomic::{AtomicU64, Ordering};
