@@ -1,214 +1,40 @@
-//! Shared helpers for the VM tests in `tests/` (QEMU process guard, ports, artefact paths).
+//! Shared helpers for the VM tests in `tests/` and for `cargo xtask` (QEMU process guard, ports,
+//! artefact paths).
 //!
 //! The VM tests boot real images under QEMU TCG and talk to them only through `127.0.0.1`
-//! (QEMU user networking forwards a host port to the guest). Three rules keep them from hanging or
-//! leaking VMs on a shared machine:
-//! - a [`Qemu`] guard kills its VM when dropped, also when the test panics;
+//! (QEMU user networking forwards a host port to the guest). Three rules keep them honest and
+//! from hanging or leaking VMs on a shared machine:
+//! - a [`Qemu`] guard kills its VM when dropped, also when the test panics (every host process a
+//!   test or xtask starts is owned by a [`ChildGuard`]);
 //! - every wait is bounded in attempts and in time ([`wait_for_port`], [`Qemu::wait_for_output`]);
-//! - a test whose artefacts are missing prints `SKIP` and returns (see [`hermit_image`], [`skip`]);
-//!   the real test command (`cargo xtask test-vm`) builds them first and sets `TMEM_REQUIRE_VM=1`,
-//!   which turns every such SKIP into a failure, so a broken build cannot pass as skipped tests.
+//! - every VM test is `#[ignore = "VM test: run by cargo xtask test-vm"]`, so `cargo test` counts
+//!   it as ignored, not passed; `cargo xtask test-vm` builds the images and runs them with
+//!   `--include-ignored`, and a missing image, binary or tool fails the test ([`artefacts`]).
 
+pub mod artefacts;
 pub mod evil_appliance;
 pub mod linux_vm;
 pub mod netns;
+pub mod process;
 
 use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Workspace root (this crate lives one level below it).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("qemu-tests is inside the workspace")
-        .to_path_buf()
-}
+pub use artefacts::{
+    hermit_image, images_dir, locate_workspace_binary, on_path, workspace_binary, workspace_root,
+    HermitImage,
+};
+pub use process::{key_values, run_bounded, ChildGuard, Finished};
 
-/// Where the bootable artefacts are: `$TMEM_IMAGES`, else `target/images/`.
-pub fn images_dir() -> PathBuf {
-    std::env::var_os("TMEM_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/images"))
-}
-
-/// The appliance unikernel image made by `cargo xtask image`.
-#[derive(Clone, Debug)]
-pub struct HermitImage {
-    /// Our multiboot loader (QEMU `-kernel`).
-    pub loader: PathBuf,
-    /// The appliance with the Hermit kernel linked in (QEMU `-initrd`).
-    pub appliance: PathBuf,
-}
-
-/// Whether this process runs as root (`id -u` is 0): needed for namespaces and tap devices, and to
-/// call apt-get without sudo.
+/// Whether this process runs as root (effective uid 0): needed for namespaces and tap devices, and
+/// to call apt-get without sudo.
 pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// Whether VM tests must run: `TMEM_REQUIRE_VM=1` (set by `cargo xtask test-vm`).
-pub fn vm_required() -> bool {
-    std::env::var("TMEM_REQUIRE_VM").is_ok_and(|v| v == "1")
-}
-
-/// Reports that `test` cannot run because of `why` (a missing artefact or tool): prints a
-/// `SKIP` line, or panics (fails the test) when [`vm_required`]. Every VM test skips through this.
-pub fn skip(test: &str, why: &str) {
-    if vm_required() {
-        panic!("{test}: {why}; TMEM_REQUIRE_VM=1, so this is a failure, not a skip");
-    }
-    eprintln!("SKIP {test}: {why}");
-}
-
-/// The Hermit image, or `None` after [`skip`] named what is missing.
-pub fn hermit_image(test: &str) -> Option<HermitImage> {
-    let dir = images_dir();
-    let image = HermitImage {
-        loader: dir.join("loader"),
-        appliance: dir.join("appliance"),
-    };
-    for path in [&image.loader, &image.appliance] {
-        if !path.is_file() {
-            skip(
-                test,
-                &format!(
-                    "{} missing (run `cargo xtask image`, or set TMEM_IMAGES)",
-                    path.display()
-                ),
-            );
-            return None;
-        }
-    }
-    if !qemu_available() {
-        skip(
-            test,
-            "qemu-system-x86_64 not found (cargo xtask image installs it)",
-        );
-        return None;
-    }
-    Some(image)
-}
-
-/// A host binary of this workspace (`tmemctl`, `appliance`), release build preferred, or `None`
-/// after [`skip`]. `$CARGO_TARGET_DIR` is honoured.
-pub fn workspace_binary(test: &str, name: &str) -> Option<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    for profile in ["release", "debug"] {
-        let path = target.join(profile).join(name);
-        if path.is_file() {
-            return Some(path);
-        }
-    }
-    skip(
-        test,
-        &format!("{name} binary missing (run `cargo build --release -p {name}`)"),
-    );
-    None
-}
-
-/// Output of a bounded child process run by [`run_bounded`].
-#[derive(Debug)]
-pub struct Finished {
-    /// Exit status.
-    pub status: std::process::ExitStatus,
-    /// Everything written to stdout.
-    pub stdout: String,
-    /// Everything written to stderr.
-    pub stderr: String,
-}
-
-impl Finished {
-    /// The `key=value` pairs of the last stdout line (`tmemctl bench`'s summary).
-    pub fn summary(&self) -> std::collections::BTreeMap<String, String> {
-        parse_summary(self.stdout.lines().last().unwrap_or_default())
-    }
-}
-
-/// `key=value key=value ...` into a map (tokens without `=` are ignored).
-pub fn parse_summary(line: &str) -> std::collections::BTreeMap<String, String> {
-    line.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-/// Runs `cmd` to completion, killing it (by its own pid) if it takes longer than `timeout`.
-/// Output is collected on threads, so a chatty child cannot block on a full pipe.
-pub fn run_bounded(mut cmd: Command, timeout: Duration) -> io::Result<Finished> {
-    use std::io::Read;
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let collect = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut s = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut s);
-            }
-            String::from_utf8_lossy(&s).into_owned()
-        })
-    };
-    let out = collect(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = collect(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let start = Instant::now();
-    let max_polls = timeout.as_millis() / 20 + 1;
-    let mut status = None;
-    for _ in 0..max_polls {
-        if let Some(s) = child.try_wait()? {
-            status = Some(s);
-            break;
-        }
-        if start.elapsed() >= timeout {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
-        let (stdout, stderr) = (
-            out.join().unwrap_or_default(),
-            err.join().unwrap_or_default(),
-        );
-        return Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("{cmd:?} killed after {timeout:?}; stdout:\n{stdout}\nstderr:\n{stderr}"),
-        ));
-    };
-    Ok(Finished {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    })
-}
-
-/// Whether `qemu-system-x86_64` is on `PATH`.
-pub fn qemu_available() -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|d| d.join("qemu-system-x86_64").is_file())
-    })
+    nix::unistd::geteuid().is_root()
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it; we released it).
@@ -242,11 +68,12 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStrea
     ))
 }
 
-/// A running QEMU VM. Dropping it kills the VM (also during a panic) and reaps the process.
+/// A running QEMU VM. Dropping it kills the VM (also during a panic) and reaps the process
+/// ([`ChildGuard`]).
 ///
 /// The serial console goes to a log file (`target/qemu-tests/NAME-PID-SEQ.log`), kept for debugging.
 pub struct Qemu {
-    child: Child,
+    child: ChildGuard,
     log: PathBuf,
 }
 
@@ -264,7 +91,10 @@ impl Qemu {
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()?;
-        Ok(Qemu { child, log })
+        Ok(Qemu {
+            child: ChildGuard::new(child),
+            log,
+        })
     }
 
     /// Boots the Hermit appliance image with `memory` of RAM (QEMU syntax, e.g. `1G`), guest `port`
@@ -351,15 +181,7 @@ impl Qemu {
 
     /// Whether the VM is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        // Kill by our own child's pid only; ignore "already exited".
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.is_running()
     }
 }
 
@@ -430,17 +252,17 @@ mod tests {
     }
 
     #[test]
-    fn guard_kills_child_on_drop_even_in_panic() {
-        let mut cmd = Command::new("sleep");
-        cmd.arg("30");
-        let qemu = Qemu::spawn("guard-test", cmd).expect("spawn sleep");
-        let pid = qemu.child.id();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            let _vm = qemu;
-            panic!("intentional panic: the guard must still kill the VM");
-        }));
-        assert!(result.is_err());
-        // The child was killed and reaped by Drop: its /proc entry is gone.
+    fn dropping_the_vm_guard_ends_the_process_and_keeps_the_log() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo booted; exec sleep 30"]);
+        let mut vm = Qemu::spawn("guard-test", cmd).expect("spawn sh");
+        vm.wait_for_output("booted", Duration::from_secs(10))
+            .expect("output reaches the log");
+        assert!(vm.is_running());
+        let (pid, log) = (vm.child.id(), vm.log_path().to_path_buf());
+        drop(vm);
         assert!(!Path::new(&format!("/proc/{pid}")).exists());
+        assert!(std::fs::read_to_string(&log).unwrap().contains("booted"));
+        let _ = std::fs::remove_file(log);
     }
 }

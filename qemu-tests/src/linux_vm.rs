@@ -6,12 +6,16 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::artefacts::{images_dir, require_files, require_qemu, required, workspace_binary};
 use crate::netns::NetNs;
-use crate::{images_dir, qemu_available, workspace_root, Qemu};
+use crate::{key_values, ChildGuard, Qemu};
 
 /// Artefacts made by `cargo xtask client-image`.
 #[derive(Clone, Debug)]
@@ -20,33 +24,26 @@ pub struct ClientImage {
     pub initramfs: PathBuf,
 }
 
-/// The client image, or `None` after [`crate::skip`] named what is missing.
-pub fn client_image(test: &str) -> Option<ClientImage> {
-    let dir = images_dir();
-    let image = ClientImage {
-        bzimage: dir.join("bzImage"),
-        initramfs: dir.join("initramfs.cpio.gz"),
-    };
-    for path in [&image.bzimage, &image.initramfs] {
-        if !path.is_file() {
-            crate::skip(
-                test,
-                &format!(
-                    "{} missing (run `cargo xtask client-image`, or set TMEM_IMAGES)",
-                    path.display()
-                ),
-            );
-            return None;
-        }
+impl ClientImage {
+    /// The client image in [`images_dir`], checked to exist, with QEMU on `PATH`.
+    pub fn locate() -> std::io::Result<ClientImage> {
+        let dir = images_dir();
+        let image = ClientImage {
+            bzimage: dir.join("bzImage"),
+            initramfs: dir.join("initramfs.cpio.gz"),
+        };
+        require_files(
+            &[&image.bzimage, &image.initramfs],
+            "cargo xtask client-image",
+        )?;
+        require_qemu()?;
+        Ok(image)
     }
-    if !qemu_available() {
-        crate::skip(
-            test,
-            "qemu-system-x86_64 not found (cargo xtask client-image installs it)",
-        );
-        return None;
-    }
-    Some(image)
+}
+
+/// For VM tests: the client image, or a test failure saying what is missing.
+pub fn client_image() -> ClientImage {
+    required(ClientImage::locate())
 }
 
 /// QEMU command line for the client VM: TCG (never KVM here), `smp` vCPUs, `memory` RAM, user
@@ -98,41 +95,30 @@ pub fn boot_client(
     Qemu::spawn(name, client_command(image, memory, smp, append))
 }
 
-/// The host-mode appliance binary (`cargo build -p appliance`), release preferred.
-pub fn appliance_binary(test: &str) -> Option<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    for profile in ["release", "debug"] {
-        let path = target.join(profile).join("appliance");
-        if path.is_file() {
-            return Some(path);
-        }
-    }
-    crate::skip(
-        test,
-        "appliance binary missing (run `cargo build -p appliance`)",
-    );
-    None
+/// For VM tests: the host-mode appliance binary (`cargo build -p appliance`), release preferred,
+/// or a test failure.
+pub fn appliance_binary() -> PathBuf {
+    workspace_binary("appliance")
 }
 
-/// A host-mode appliance process, killed when dropped (also during a panic).
+/// A host-mode appliance process, killed when dropped (also during a panic; a stopped process is
+/// killed all the same by SIGKILL).
 pub struct Appliance {
-    child: Child,
+    child: ChildGuard,
     pub port: u16,
 }
 
 impl Appliance {
     /// Starts `binary --listen 127.0.0.1:PORT --memory MEMORY` on a free port and waits (bounded)
     /// until it says it is listening.
-    pub fn start(binary: &PathBuf, memory: &str) -> std::io::Result<Appliance> {
+    pub fn start(binary: &Path, memory: &str) -> std::io::Result<Appliance> {
         Self::start_in(binary, memory, None)
     }
 
     /// [`Appliance::start`], or with `netns` inside that namespace listening on its tap address
     /// ([`NetNs::HOST`], where the client VM finds the host).
     pub fn start_in(
-        binary: &PathBuf,
+        binary: &Path,
         memory: &str,
         netns: Option<&NetNs>,
     ) -> std::io::Result<Appliance> {
@@ -141,13 +127,15 @@ impl Appliance {
         let mut cmd = Command::new(binary);
         cmd.args(["--listen", &format!("{host}:{port}"), "--memory", memory])
             .args(["--log-level", "warn"]);
-        let mut child = NetNs::command_in(netns, cmd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
+        let mut child = ChildGuard::new(
+            NetNs::command_in(netns, cmd)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()?,
+        );
         let stdout = child.stdout.take();
-        let mut appliance = Appliance { child, port };
+        let appliance = Appliance { child, port };
         // Read the "listening" line on a thread so a silent appliance cannot block us.
         let (tx, rx) = std::sync::mpsc::channel();
         if let Some(stdout) = stdout {
@@ -163,55 +151,41 @@ impl Appliance {
         }
         match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(()) => Ok(appliance),
-            Err(_) => {
-                appliance.kill();
-                Err(std::io::Error::other(
-                    "appliance did not start listening within 20 s",
-                ))
-            }
+            // Dropping the guard kills it.
+            Err(_) => Err(std::io::Error::other(
+                "appliance did not start listening within 20 s",
+            )),
         }
     }
 
     /// Kills the appliance now (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child.is_running()
+    }
+
+    /// The address the host reaches it at (the guest's `10.0.2.2:PORT`; for [`Appliance::start`]).
+    pub fn host_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     /// Freezes the appliance (SIGSTOP): connections stay open but nothing is answered.
     pub fn pause(&self) -> std::io::Result<()> {
-        self.signal("-STOP")
+        self.signal(Signal::SIGSTOP)
     }
 
     /// Undoes [`Appliance::pause`] (SIGCONT).
     pub fn resume(&self) -> std::io::Result<()> {
-        self.signal("-CONT")
+        self.signal(Signal::SIGCONT)
     }
 
-    fn signal(&self, sig: &str) -> std::io::Result<()> {
+    fn signal(&self, sig: Signal) -> std::io::Result<()> {
         // Our own child, by pid.
-        let status = Command::new("kill")
-            .arg(sig)
-            .arg(self.child.id().to_string())
-            .status()?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(std::io::Error::other(format!(
-                "kill {sig} failed: {status}"
-            )))
-        }
-    }
-}
-
-impl Drop for Appliance {
-    fn drop(&mut self) {
-        // A stopped process is killed all the same by SIGKILL.
-        self.kill();
+        let pid = Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).map_err(std::io::Error::from)
     }
 }
 
@@ -229,12 +203,7 @@ pub fn tagged_lines<'a, M: FromIterator<(String, String)>>(
     let tag = format!("{tag} ");
     log.lines().filter_map(move |l| {
         let (_, rest) = l.split_once(tag.as_str())?;
-        Some(
-            rest.split_whitespace()
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        Some(key_values(rest))
     })
 }
 

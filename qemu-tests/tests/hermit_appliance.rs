@@ -1,7 +1,8 @@
 //! Boots the Hermit appliance image under QEMU TCG and checks that it answers on its port.
 //!
-//! Needs `target/images/{loader,appliance}` (or `$TMEM_IMAGES`) from `cargo xtask image`; without
-//! them the test prints SKIP and passes. Only 127.0.0.1 is contacted.
+//! A VM test (ignored by `cargo test`; `cargo xtask test-vm` runs it): needs
+//! `target/images/{loader,appliance}` (or `$TMEM_IMAGES`) from `cargo xtask image`, and fails
+//! saying so without them. Only 127.0.0.1 is contacted.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -47,10 +48,9 @@ fn round_trip(stream: &mut std::net::TcpStream, request: &Request<'_>, id: u64) 
 }
 
 #[test]
+#[ignore = "VM test: run by cargo xtask test-vm"]
 fn hermit_appliance_boots_and_answers_hello() {
-    let Some(image) = hermit_image("hermit_appliance_boots_and_answers_hello") else {
-        return;
-    };
+    let image = hermit_image();
     let port = free_port();
     let listen = format!("0.0.0.0:{port}");
     let start = Instant::now();

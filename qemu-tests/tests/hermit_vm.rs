@@ -4,10 +4,10 @@
 //! - the protocol conformance and robustness suite (`tmemctl::conformance`) passes against the VM;
 //! - a 1.5 GiB VM really holds more than 1 GiB of pages (appliance memory in use, not just counts).
 //!
-//! Needs `target/images/{loader,appliance}` (`cargo xtask image`) and `target/release/tmemctl`
-//! (`cargo build --release -p tmemctl`); without them each test prints SKIP, or fails under
-//! `TMEM_REQUIRE_VM=1` (`cargo xtask test-vm`). Every VM is killed when its guard drops, also when
-//! a check fails; every wait and run is bounded.
+//! VM tests (ignored by `cargo test`; `cargo xtask test-vm` runs them): they need
+//! `target/images/{loader,appliance}` (`cargo xtask image`) and `target/release/tmemctl`
+//! (`cargo build --release -p tmemctl`), and fail saying so without them. Every VM is killed when
+//! its guard drops, also when a check fails; every wait and run is bounded.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -43,19 +43,17 @@ fn counter(stats: &serde_json::Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("stats have no counter {name}: {stats}"))
 }
 
-/// The Hermit appliance VM with `memory` of RAM and `app_args`, and `tmemctl`; `None` (after a SKIP
-/// line, or a failure under `TMEM_REQUIRE_VM=1`) when an artefact is missing.
+/// The Hermit appliance VM with `memory` of RAM and `app_args`, its address, and `tmemctl`.
 fn boot_with_tmemctl(
-    test: &str,
     name: &str,
     memory: &str,
     app_args: &[&str],
-) -> Option<(Qemu, String, std::path::PathBuf)> {
-    let image = hermit_image(test)?;
-    let tmemctl = workspace_binary(test, "tmemctl")?;
+) -> (Qemu, String, std::path::PathBuf) {
+    let image = hermit_image();
+    let tmemctl = workspace_binary("tmemctl");
     let (vm, addr) = Qemu::boot_hermit_appliance(name, &image, memory, app_args, BOOT_TIMEOUT)
         .expect("appliance VM booted");
-    Some((vm, addr.to_string(), tmemctl))
+    (vm, addr.to_string(), tmemctl)
 }
 
 /// `threads` client-LZ4 bench connections to `addr`, client ids `first_client`, `first_client + 1`...
@@ -69,16 +67,13 @@ fn connect_lz4(addr: &str, first_client: u64, threads: usize) -> Vec<TmemBackend
 /// `tmemctl bench` against the VM (sized for TCG: 20 000 pages, batch 16), every page verified;
 /// the pages are kept and `tmemctl stats --json` must count them.
 #[test]
+#[ignore = "VM test: run by cargo xtask test-vm"]
 fn hermit_bench_verifies_every_page_and_stats_show_them() {
-    const TEST: &str = "hermit_bench_verifies_every_page_and_stats_show_them";
-    let Some((mut vm, addr, tmemctl)) = boot_with_tmemctl(
-        TEST,
+    let (mut vm, addr, tmemctl) = boot_with_tmemctl(
         "hermit-bench",
         "1G",
         &["--memory", "512MiB", "--log-level", "warn"],
-    ) else {
-        return;
-    };
+    );
 
     let pages = 20_000u64;
     let mut cmd = Command::new(&tmemctl);
@@ -116,11 +111,9 @@ fn hermit_bench_verifies_every_page_and_stats_show_them() {
 
 /// The protocol conformance and robustness suite against the VM's forwarded port.
 #[test]
+#[ignore = "VM test: run by cargo xtask test-vm"]
 fn hermit_passes_the_conformance_suite() {
-    const TEST: &str = "hermit_passes_the_conformance_suite";
-    let Some(image) = hermit_image(TEST) else {
-        return;
-    };
+    let image = hermit_image();
     let frame_timeout = Duration::from_secs(5);
     let (mut vm, addr) = Qemu::boot_hermit_appliance(
         "hermit-conformance",
@@ -160,11 +153,10 @@ fn hermit_passes_the_conformance_suite() {
 /// decodes and verifies every one (CRC over the 4 KiB) and stores the 4 KiB. The last chunk is read
 /// back byte for byte.
 #[test]
+#[ignore = "VM test: run by cargo xtask test-vm"]
 fn hermit_vm_stores_a_gibibyte() {
-    const TEST: &str = "hermit_vm_stores_a_gibibyte";
     const PAGES: u64 = (1 << 30) / 4096;
-    let Some((mut vm, addr, tmemctl)) = boot_with_tmemctl(
-        TEST,
+    let (mut vm, addr, tmemctl) = boot_with_tmemctl(
         "hermit-gib",
         "1536M",
         &[
@@ -175,9 +167,7 @@ fn hermit_vm_stores_a_gibibyte() {
             "--log-level",
             "warn",
         ],
-    ) else {
-        return;
-    };
+    );
 
     // One page: zeros and a final 1 (not a fill page, so each copy gets its index written in).
     let dir = std::env::temp_dir().join(format!("tmem-gib-corpus-{}", std::process::id()));
@@ -248,10 +238,9 @@ fn hermit_vm_stores_a_gibibyte() {
 /// caps the store (saying so), and when the store is full it refuses puts with NO_SPACE and keeps
 /// serving; before the cap it aborted with an allocation failure once the heap ran out.
 #[test]
+#[ignore = "VM test: run by cargo xtask test-vm"]
 fn hermit_caps_an_oversized_store_and_keeps_serving_when_full() {
-    const TEST: &str = "hermit_caps_an_oversized_store_and_keeps_serving_when_full";
-    let Some((mut vm, addr, tmemctl)) = boot_with_tmemctl(
-        TEST,
+    let (mut vm, addr, tmemctl) = boot_with_tmemctl(
         "hermit-cap",
         "256M",
         &[
@@ -262,9 +251,7 @@ fn hermit_caps_an_oversized_store_and_keeps_serving_when_full() {
             "--log-level",
             "warn",
         ],
-    ) else {
-        return;
-    };
+    );
     assert!(
         vm.output().contains("store capped at"),
         "no cap reported: {}",

@@ -2,20 +2,25 @@
 //!
 //! - `swap_workload_3x_ram`: 256 MiB / 2 vCPU guest with zswap, a workload of 3x RAM that must
 //!   verify, consistent kclient counters, no kernel warnings, swapoff and rmmod succeed.
-//! - `appliance_killed_during_io`: the appliance is SIGKILLed while the workload swaps; the guest must
-//!   report errors (not hang or oops), and swapoff, rmmod and poweroff must complete.
-//! - `appliance_stalled_during_io`: the appliance is frozen (SIGSTOP) for 4 x the I/O timeout, then
-//!   resumed: requests time out, connections are reset and re-established, nothing hangs or oopses.
+//! - `appliance_killed_during_io`: once the appliance holds swapped pages, it is SIGKILLed while
+//!   the workload runs; the guest must report errors (failed requests, a failed workload: the kill
+//!   hit I/O in flight), not hang or oops, and swapoff, rmmod and poweroff must complete.
+//! - `appliance_stalled_during_io`: once the appliance holds swapped pages, it is frozen (SIGSTOP)
+//!   for 4 x the I/O timeout, then resumed: requests time out, connections are reset and
+//!   re-established, nothing hangs or oopses.
 //!
-//! Build first: `cargo xtask client-image && cargo build --release -p appliance`; otherwise SKIP.
+//! VM tests (ignored by `cargo test`; `cargo xtask test-vm` runs them): they need
+//! `cargo xtask client-image && cargo build --release -p appliance`, and fail saying so without.
 //! Env: `TMEM_KCLIENT_MIB` overrides the workload size (default 3 x 256 MiB).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use protocol::StatId;
 use qemu_tests::linux_vm::{
     appliance_binary, boot_client, client_image, kernel_problems, kernel_problems_ignoring, num,
     parse_result, wait_exit, Appliance,
 };
+use qemu_tests::Qemu;
 
 const VM_MEMORY: &str = "256M";
 const VM_CPUS: u32 = 2;
@@ -30,11 +35,10 @@ fn workload_mib() -> u64 {
 /// A workload of 3x the VM's RAM swaps through kclient (with `compress=1`: LZ4 pages both ways)
 /// and verifies every byte; kclient's counters must agree with the kernel's swap counters.
 #[test]
+#[ignore = "VM test: run by cargo xtask test-vm"]
 fn swap_workload_3x_ram() {
     let name = "kclient_swap";
-    let (Some(image), Some(appliance_bin)) = (client_image(name), appliance_binary(name)) else {
-        return;
-    };
+    let (image, appliance_bin) = (client_image(), appliance_binary());
     let appliance = Appliance::start(&appliance_bin, "2GiB").expect("start appliance");
     let mib = workload_mib();
     let append = format!(
@@ -111,24 +115,66 @@ fn swap_workload_3x_ram() {
     drop(appliance);
 }
 
+/// Pages the appliance must hold before a test disturbs it: 8 MiB of swapped-out pages, so the
+/// workload has pages there it will need again (the disturbance hits I/O in flight).
+const PAGES_BEFORE_DISTURBING: u64 = 2048;
+
+/// Waits until the appliance at 127.0.0.1:`port` holds at least `min_pages` pages (its STATS over
+/// TCP, polled every 250 ms; bounded by `timeout`, attempts and the VM staying up). Returns the
+/// count it saw.
+fn wait_for_stored_pages(vm: &mut Qemu, port: u16, min_pages: u64, timeout: Duration) -> u64 {
+    let addr = format!("127.0.0.1:{port}");
+    let start = Instant::now();
+    let mut last = None;
+    for _ in 0..(timeout.as_millis() / 250 + 1) {
+        // A client id of its own: the STATS connection never touches the guest's pools.
+        let stats = tmemctl::client::Client::connect(&addr, 0x7374_6174, Duration::from_secs(5))
+            .and_then(|mut c| c.stats());
+        match stats {
+            Ok(v) => {
+                let pages = v.get(StatId::Pages as usize).copied().unwrap_or(0);
+                if pages >= min_pages {
+                    return pages;
+                }
+                last = Some(format!("{pages} pages"));
+            }
+            Err(e) => last = Some(format!("{e:#}")),
+        }
+        assert!(
+            vm.is_running(),
+            "the VM stopped before the appliance held {min_pages} pages; log {}",
+            vm.log_path().display()
+        );
+        if start.elapsed() >= timeout {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!(
+        "the appliance did not hold {min_pages} pages within {timeout:?} (last: {}); log {}",
+        last.unwrap_or_default(),
+        vm.log_path().display()
+    );
+}
+
 /// What a disturbed run reported, after the checks every disturbance test shares passed.
 struct Disturbed {
     result: std::collections::HashMap<String, String>,
+    /// Pages the appliance held just before the disturbance.
+    stored_before: u64,
     exited: bool,
 }
 
-/// Boots the client VM running the `fail` test against a fresh appliance, lets swapping get going,
-/// applies `disturb` to the appliance and collects the result (every wait bounded). Checks what must
-/// hold whatever the disturbance: setup succeeded, no kernel problem beyond the OOM killer's report,
-/// no oops, rmmod completed. `None` if the artefacts are missing (SKIP printed).
+/// Boots the client VM running the `fail` test against a fresh appliance, waits until the
+/// appliance holds swapped pages, applies `disturb` to the appliance and collects the result
+/// (every wait bounded). Checks what must hold whatever the disturbance: setup succeeded, no kernel
+/// problem beyond the OOM killer's report, no oops, rmmod completed.
 fn run_disturbed(
     name: &str,
     timeout_ms: u64,
-    disturb: impl FnOnce(&mut Appliance),
-) -> Option<Disturbed> {
-    let (Some(image), Some(appliance_bin)) = (client_image(name), appliance_binary(name)) else {
-        return None;
-    };
+    disturb: impl FnOnce(&mut Appliance, &mut Qemu),
+) -> Disturbed {
+    let (image, appliance_bin) = (client_image(), appliance_binary());
     let mut appliance = Appliance::start(&appliance_bin, "2GiB").expect("start appliance");
     let append = format!(
         "tmem_test=fail tmem_target=10.0.2.2:{} tmem_size=1G tmem_mib={} tmem_timeout_ms={timeout_ms}",
@@ -138,8 +184,14 @@ fn run_disturbed(
     let mut vm = boot_client(name, &image, VM_MEMORY, VM_CPUS, &append).expect("boot client VM");
     vm.wait_for_output("TMEM-PHASE workload-start", Duration::from_secs(300))
         .expect("workload started");
-    std::thread::sleep(Duration::from_secs(20));
-    disturb(&mut appliance);
+    let stored_before = wait_for_stored_pages(
+        &mut vm,
+        appliance.port,
+        PAGES_BEFORE_DISTURBING,
+        Duration::from_secs(300),
+    );
+    eprintln!("{name}: the appliance holds {stored_before} pages; disturbing it");
+    disturb(&mut appliance, &mut vm);
     let waited = vm.wait_for_output("TMEM-RESULT", Duration::from_secs(900));
     let exited = wait_exit(&mut vm, Duration::from_secs(120));
     let log = vm.output();
@@ -170,46 +222,66 @@ fn run_disturbed(
         Some(0),
         "rmmod must complete: {result:?}"
     );
-    Some(Disturbed { result, exited })
+    Disturbed {
+        result,
+        stored_before,
+        exited,
+    }
 }
 
 #[test]
+#[ignore = "VM test: run by cargo xtask test-vm"]
 fn appliance_killed_during_io() {
-    let Some(run) = run_disturbed("kclient_fail", 5000, |appliance| {
+    let run = run_disturbed("kclient_fail", 5000, |appliance, _| {
         appliance.kill();
         eprintln!("appliance killed");
-    }) else {
-        return;
-    };
+    });
     let result = &run.result;
+    // The kill took pages the workload still had to read back: kclient must fail those requests
+    // and the workload must not complete as if nothing happened.
+    assert!(run.stored_before >= PAGES_BEFORE_DISTURBING);
     assert!(
-        num(result, "failed_requests").unwrap_or(0) > 0 || num(result, "workload") == Some(0),
-        "errors must be reported: {result:?}"
+        num(result, "failed_requests").unwrap_or(0) > 0,
+        "the lost appliance must show as failed requests: {result:?}"
+    );
+    assert_ne!(
+        num(result, "workload"),
+        Some(0),
+        "the workload cannot verify pages that died with the appliance: {result:?}"
     );
     assert!(run.exited, "VM did not power off after the appliance died");
 }
 
 #[test]
+#[ignore = "VM test: run by cargo xtask test-vm"]
 fn appliance_stalled_during_io() {
     let timeout_ms = 3000;
-    let Some(run) = run_disturbed("kclient_stall", timeout_ms, |appliance| {
+    let run = run_disturbed("kclient_stall", timeout_ms, |appliance, vm| {
         appliance.pause().expect("SIGSTOP appliance");
+        let paused = Instant::now();
         eprintln!("appliance paused");
-        std::thread::sleep(Duration::from_millis(4 * timeout_ms));
+        // Frozen until kclient says a request timed out (bounded), and for at least 4 x the I/O
+        // timeout, so reconnects meet the frozen appliance too.
+        vm.wait_for_output(
+            "timed out; resetting it",
+            Duration::from_millis(20 * timeout_ms),
+        )
+        .expect("kclient reports a timed-out request while the appliance is frozen");
+        let frozen = Duration::from_millis(4 * timeout_ms);
+        std::thread::sleep(frozen.saturating_sub(paused.elapsed()));
         appliance.resume().expect("SIGCONT appliance");
-        eprintln!("appliance resumed");
-    }) else {
-        return;
-    };
+        eprintln!("appliance resumed after {:.1?}", paused.elapsed());
+    });
     let result = &run.result;
+    assert!(run.stored_before >= PAGES_BEFORE_DISTURBING);
     assert_eq!(
         num(result, "swapoff"),
         Some(0),
         "swapoff must complete: {result:?}"
     );
     assert!(
-        num(result, "timeouts").unwrap_or(0) > 0 || num(result, "failed_requests").unwrap_or(0) > 0,
-        "the stall must show up as timeouts or failed requests: {result:?}"
+        num(result, "timeouts").unwrap_or(0) > 0,
+        "the stall must show up as timeouts: {result:?}"
     );
     assert!(run.exited, "VM did not power off after the stall");
 }

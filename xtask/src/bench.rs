@@ -3,15 +3,16 @@
 //! ratios are written to `docs/benchmarks.md` (between the `host-bench` markers).
 
 use anyhow::{bail, Context, Result};
+use qemu_tests::{free_port, key_values, ChildGuard};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::host::{run, step};
-use crate::paths;
+use crate::host::{cargo, run, step};
+use crate::medians::median_of;
 use crate::testing::ensure_host_prerequisites;
+use crate::{artefacts, docs_section};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -31,26 +32,15 @@ pub struct BenchArgs {
     swap_args: crate::swapbench::SwapBenchArgs,
 }
 
-/// A server process that is killed when dropped.
+/// A server process (killed when dropped) and where it listens.
 struct ServerProcess {
-    child: Child,
+    child: ChildGuard,
     addr: String,
 }
 
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn start_appliance(memory: &str) -> Result<ServerProcess> {
-    let bin = paths::repo_root().join("target/release/appliance");
-    let mut child = Command::new(bin)
+    let bin = artefacts::workspace_binary("appliance")?;
+    let child = Command::new(bin)
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -62,6 +52,7 @@ fn start_appliance(memory: &str) -> Result<ServerProcess> {
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the appliance")?;
+    let mut child = ChildGuard::new(child);
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
     let addr = line
@@ -73,7 +64,7 @@ fn start_appliance(memory: &str) -> Result<ServerProcess> {
 }
 
 fn start_memcached(memory_mib: u64) -> Result<ServerProcess> {
-    let port = free_port()?;
+    let port = free_port();
     let child = Command::new("memcached")
         .args([
             "-u",
@@ -92,6 +83,7 @@ fn start_memcached(memory_mib: u64) -> Result<ServerProcess> {
         .args(["-m", &memory_mib.to_string()])
         .spawn()
         .context("starting memcached")?;
+    let child = ChildGuard::new(child);
     let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(&addr).is_err() {
@@ -111,7 +103,7 @@ fn tmemctl_bench(
     batch: usize,
     pages: u64,
 ) -> Result<BTreeMap<String, String>> {
-    let bin = paths::repo_root().join("target/release/tmemctl");
+    let bin = artefacts::workspace_binary("tmemctl")?;
     let out = Command::new(bin)
         .args([
             "--target",
@@ -143,17 +135,7 @@ fn tmemctl_bench(
     if !out.status.success() {
         bail!("tmemctl bench against {kind} failed: {stdout}");
     }
-    let last = stdout.lines().last().unwrap_or_default();
-    Ok(last
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.into(), v.into()))
-        .collect())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    Ok(key_values(stdout.lines().last().unwrap_or_default()))
 }
 
 struct Scenario {
@@ -161,16 +143,6 @@ struct Scenario {
     batch: usize,
     tmem: Vec<BTreeMap<String, String>>,
     memcached: Vec<BTreeMap<String, String>>,
-}
-
-impl Scenario {
-    fn med(runs: &[BTreeMap<String, String>], key: &str) -> f64 {
-        median(
-            runs.iter()
-                .filter_map(|r| r.get(key)?.parse().ok())
-                .collect(),
-        )
-    }
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
@@ -181,11 +153,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     ensure_host_prerequisites()?;
     step("building release binaries");
-    run(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["build", "--release", "-p", "appliance", "-p", "tmemctl"])
-            .current_dir(paths::repo_root()),
-    )?;
+    run(cargo().args(["build", "--release", "-p", "appliance", "-p", "tmemctl"]))?;
     let mut scenarios = Vec::new();
     for corpus in ["synthetic", "process"] {
         for batch in [1, 16] {
@@ -227,14 +195,14 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let table = render(&scenarios, args);
     println!("{table}");
     if !args.no_docs {
-        write_docs_section("host-bench", &table)?;
+        docs_section::write("host-bench", &table)?;
         step("results written to docs/benchmarks.md");
     }
     Ok(())
 }
 
 fn render(scenarios: &[Scenario], args: &BenchArgs) -> String {
-    let m = Scenario::med;
+    let m = median_of;
     let mut t = String::new();
     t.push_str(&format!(
         "Command: `cargo xtask bench` ({} pages per run, 2 connections x depth 16, {} rounds, medians; \
@@ -261,20 +229,4 @@ fn render(scenarios: &[Scenario], args: &BenchArgs) -> String {
                 server's resident memory growth during the put phase divided by pages stored. Allocator \
                 efficiency = sum of compressed page sizes / slab bytes in use.\n");
     t
-}
-
-/// Replaces the text between `<!-- NAME:start -->` and `<!-- NAME:end -->` in docs/benchmarks.md.
-pub fn write_docs_section(name: &str, body: &str) -> Result<()> {
-    let path = paths::repo_root().join("docs/benchmarks.md");
-    let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let (start, end) = (
-        format!("<!-- {name}:start -->"),
-        format!("<!-- {name}:end -->"),
-    );
-    let section = format!("{start}\n{body}\n{end}");
-    let new = match (doc.find(&start), doc.find(&end)) {
-        (Some(a), Some(b)) if a < b => format!("{}{}{}", &doc[..a], section, &doc[b + end.len()..]),
-        _ => format!("{doc}\n{section}\n"),
-    };
-    std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))
 }

@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::artefacts;
 use crate::host::step;
 use crate::testing::xtask;
-use qemu_tests::linux_vm::{boot_client, client_image, kernel_problems, parse_result};
-use qemu_tests::{free_port, hermit_image, wait_for_port, Qemu};
+use qemu_tests::linux_vm::{boot_client, kernel_problems, parse_result};
+use qemu_tests::{free_port, wait_for_port, Qemu};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -79,8 +80,8 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         step("building the client kernel, kclient and initramfs (first run: ~15 min kernel build)");
         xtask(&["client-image"])?;
     }
-    let hermit = hermit_image("demo").context("appliance image missing")?;
-    let client = client_image("demo").context("client image missing")?;
+    let hermit = artefacts::hermit_image()?;
+    let client = artefacts::client_image()?;
 
     let port = free_port();
     let store = format!("{}M", mib_of(&args.appliance_memory)? * 3 / 4);

@@ -1,7 +1,6 @@
 //! Running host commands and installing host packages: one implementation for every xtask verb.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -113,11 +112,14 @@ pub fn ensure_apt_tool(program: &str, package: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether `program` is an executable file on PATH.
-pub fn which(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|d| Path::new(&d).join(program).is_file())
-    })
+/// Whether `program` is an executable on PATH (one answer for xtask and the VM tests).
+pub use qemu_tests::on_path as which;
+
+/// `cargo` (the one running this xtask, when known) in the workspace root.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(crate::paths::repo_root());
+    c
 }
 
 fn apt_command(sudo: bool) -> Command {

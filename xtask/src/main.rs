@@ -2,8 +2,11 @@
 //!
 //! Each verb lives in its own module; this file only parses the command line and dispatches.
 
+mod artefacts;
 mod bench;
+mod cache_key;
 mod demo;
+mod docs_section;
 mod hermit;
 mod hermit_kernel;
 mod hermit_tools;
@@ -11,6 +14,7 @@ mod host;
 mod linux;
 mod linux_initramfs;
 mod linux_kernel;
+mod medians;
 mod paths;
 mod swapbench;
 mod testing;

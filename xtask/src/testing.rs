@@ -1,10 +1,14 @@
 //! `cargo xtask test` (the whole suite, the README's test command and what CI runs) and
 //! `cargo xtask test-vm` (build the VM images, then boot them in the QEMU tests).
+//!
+//! The VM tests are `#[ignore]`d, so the host suite's `cargo test --workspace` reports them as
+//! ignored (not as passed); `test-vm` runs them with `--include-ignored`, and there a missing image
+//! or binary fails the test.
 
 use anyhow::{Context, Result};
 use std::process::Command;
 
-use crate::host::{ensure_apt_tool, run, step};
+use crate::host::{cargo, ensure_apt_tool, run, step};
 use crate::paths;
 
 #[derive(clap::Args)]
@@ -14,14 +18,8 @@ pub struct TestArgs {
     fast: bool,
 }
 
-/// Host crates linted with `clippy -D warnings` and tested by the fast suite.
-const HOST_CRATES: [&str; 4] = ["protocol", "appliance", "tmemctl", "xtask"];
-
-fn cargo() -> Command {
-    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    c.current_dir(paths::repo_root());
-    c
-}
+/// Host crates linted with `clippy -D warnings` (the whole workspace).
+const HOST_CRATES: [&str; 5] = ["protocol", "appliance", "tmemctl", "xtask", "qemu-tests"];
 
 /// Runs one of our own verbs as a child process (each verb stays independent of the others).
 pub fn xtask(args: &[&str]) -> Result<()> {
@@ -49,8 +47,11 @@ pub fn test(args: &TestArgs) -> Result<()> {
         clippy.args(["-p", c]);
     }
     run(clippy.args(["--all-targets", "--", "-D", "warnings"]))?;
-    step("host tests: protocol, store, server, tmemctl end to end (real TCP on 127.0.0.1)");
-    run(cargo().args(["test", "--workspace", "--exclude", "qemu-tests"]))?;
+    step(
+        "host tests: protocol, store, server, tmemctl end to end (real TCP on 127.0.0.1), \
+         qemu-tests helpers; VM tests are listed as ignored here and run by test-vm",
+    );
+    run(cargo().args(["test", "--workspace"]))?;
     if args.fast {
         step("fuzzing and VM tests not run (--fast); `cargo xtask fuzz` and `cargo xtask test-vm` run them");
     } else {
@@ -72,17 +73,16 @@ pub fn test_vm() -> Result<()> {
     step("building the host-mode appliance and tmemctl (release)");
     run(cargo().args(["build", "--release", "-p", "appliance", "-p", "tmemctl"]))?;
     step("VM tests (QEMU TCG, one VM test at a time: the machine has 2 cores)");
-    run(cargo()
-        .args([
-            "test",
-            "--release",
-            "--no-fail-fast",
-            "-p",
-            "qemu-tests",
-            "--",
-            "--test-threads=1",
-        ])
-        .env("TMEM_REQUIRE_VM", "1"))
+    run(cargo().args([
+        "test",
+        "--release",
+        "--no-fail-fast",
+        "-p",
+        "qemu-tests",
+        "--",
+        "--include-ignored",
+        "--test-threads=1",
+    ]))
 }
 
 #[derive(clap::Args)]

@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use qemu_tests::{free_port, hermit_command, run_bounded, wait_for_port, HermitImage, Qemu};
 
+use crate::host::{cargo, ensure_apt_tool, run, step};
 use crate::linux_initramfs::Cpio;
-use crate::linux_kernel::{run, step};
-use crate::paths;
+use crate::medians::median_of;
+use crate::{docs_section, paths};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct VmBenchArgs {
@@ -117,7 +118,7 @@ pub fn vm_bench(args: &VmBenchArgs) -> Result<()> {
     let table = hermit_vs_linux(args)?;
     println!("{table}");
     if !args.no_docs {
-        crate::bench::write_docs_section("hermit-vs-linux", &table)?;
+        docs_section::write("hermit-vs-linux", &table)?;
         step("results written to docs/benchmarks.md (hermit-vs-linux section)");
     }
     Ok(())
@@ -128,10 +129,7 @@ pub fn hermit_vs_linux(args: &VmBenchArgs) -> Result<String> {
     ensure!(args.rounds >= 1, "--rounds must be at least 1");
     let images = paths::images_out();
     let hermit_dir = args.hermit_images.clone().unwrap_or_else(|| images.clone());
-    let hermit = HermitImage {
-        loader: hermit_dir.join("loader"),
-        appliance: hermit_dir.join("appliance"),
-    };
+    let hermit = HermitImage::in_dir(&hermit_dir);
     if !hermit.loader.is_file() || !hermit.appliance.is_file() {
         ensure!(
             args.hermit_images.is_none(),
@@ -238,12 +236,6 @@ pub fn hermit_vs_linux(args: &VmBenchArgs) -> Result<String> {
     Ok(render(args, &shapes, &results))
 }
 
-fn cargo() -> Command {
-    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    c.current_dir(paths::repo_root());
-    c
-}
-
 fn get<'a>(summary: &'a BTreeMap<String, String>, key: &str) -> &'a str {
     summary.get(key).map(String::as_str).unwrap_or("?")
 }
@@ -333,7 +325,7 @@ fn linux_appliance_initramfs() -> Result<PathBuf> {
     let busybox = match busybox {
         Some(b) => b,
         None => {
-            crate::hermit_tools::ensure_apt_tool("busybox", "busybox-static")?;
+            ensure_apt_tool("busybox", "busybox-static")?;
             PathBuf::from("/bin/busybox")
         }
     };
@@ -384,27 +376,13 @@ fn tmemctl_bench(
     Ok(summary)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn render(
     args: &VmBenchArgs,
     shapes: &[&Shape],
     results: &BTreeMap<(Vm, &str), Vec<BTreeMap<String, String>>>,
 ) -> String {
     let med = |vm: Vm, shape: &str, key: &str| {
-        median(
-            results
-                .get(&(vm, shape))
-                .map(|runs| {
-                    runs.iter()
-                        .filter_map(|r| r.get(key)?.parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default(),
-        )
+        median_of(results.get(&(vm, shape)).map_or(&[], Vec::as_slice), key)
     };
     let mut t = format!(
         "Command: `cargo xtask vm-bench --rounds {}` (QEMU TCG, `-cpu max -smp {} -m {}`, virtio-net-pci \
