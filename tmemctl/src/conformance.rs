@@ -64,6 +64,14 @@ pub const CASES: &[Case] = &[
         run: batch_errors,
     },
     Case {
+        name: "a failed put never leaves the old page behind",
+        run: failed_put_removes_old_page,
+    },
+    Case {
+        name: "one identity per connection: a second HELLO is refused",
+        run: second_hello,
+    },
+    Case {
         name: "peer disconnecting mid-frame loses nothing",
         run: disconnect_mid_frame,
     },
@@ -353,7 +361,139 @@ fn round_trip(addr: &str, _: &Options) -> Result<()> {
 fn before_hello(addr: &str, _: &Options) -> Result<()> {
     let mut c = Conn::open(addr)?;
     c.expect(&Request::Stats, Status::NotAuthenticated)?;
+    // Nothing but HELLO is decoded before HELLO: an unknown opcode gets NOT_AUTHENTICATED too.
+    c.send_header(77, 501, 0)?;
+    let (reply, _) = c.recv()?;
+    ensure!(
+        (reply.request_id, Status::from_u16(reply.status)) == (501, Some(Status::NotAuthenticated)),
+        "unknown opcode before HELLO: status {}",
+        reply.status
+    );
     healthy(addr, 2)
+}
+
+/// docs/protocol.md: "A put to an existing key replaces the page; if that put fails, the old
+/// page is gone too". Every way a put can fail on its own bytes (CRC, LZ4, malformed page), single
+/// and batched, in persistent and ephemeral pools.
+fn failed_put_removes_old_page(addr: &str, _: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, client_id(17))?;
+    let old = text_page(3);
+    let new = text_page(4);
+    let garbage = [0xffu8; 100];
+    for kind in [PoolKind::Persistent, PoolKind::Ephemeral] {
+        let p = c.expect(
+            &Request::NewPool(NewPool {
+                kind,
+                page_size: PAGE_SIZE as u32,
+            }),
+            Status::Ok,
+        )?;
+        let pool = u32::from_le_bytes(p.get(..4).context("short NEW_POOL reply")?.try_into()?);
+        let bad_crc = Page {
+            crc: crc32c(&new) ^ 1,
+            ..raw(&new)
+        };
+        let bad_lz4 = Page {
+            encoding: Encoding::Lz4,
+            crc: crc32c(&new),
+            data: &garbage,
+        };
+        let failures = [
+            (bad_crc, Status::BadChecksum),
+            (bad_lz4, Status::CorruptPayload),
+        ];
+        for (i, (page, want)) in failures.iter().enumerate() {
+            for batched in [false, true] {
+                let key = key(pool, 10 * i + usize::from(batched));
+                c.expect(
+                    &Request::Put {
+                        key,
+                        page: raw(&old),
+                    },
+                    Status::Ok,
+                )?;
+                let put = Request::Put { key, page: *page };
+                let got = if batched {
+                    batch_statuses(&mut c, &[put])?[0]
+                } else {
+                    c.call(&put, 0)?.0
+                };
+                ensure!(
+                    got == *want,
+                    "{kind:?} put (batched {batched}): {got}, want {want}"
+                );
+                c.expect(&Request::Get { key }, Status::NotFound)
+                    .with_context(|| format!("{kind:?} stale page after a {want} put"))?;
+            }
+        }
+        // A put whose page part is malformed (unknown encoding) but whose key is whole.
+        let key = key(pool, 99);
+        c.expect(
+            &Request::Put {
+                key,
+                page: raw(&old),
+            },
+            Status::Ok,
+        )?;
+        let mut buf = vec![0u8; MAX_FRAME];
+        let n = Request::Put {
+            key,
+            page: raw(&new),
+        }
+        .emit(43, 0, &mut buf)?;
+        buf[HEADER_LEN + KEY_LEN] = 9;
+        c.send_raw(&buf[..n])?;
+        let (h, _) = c.recv()?;
+        ensure!(
+            (h.request_id, Status::from_u16(h.status)) == (43, Some(Status::Malformed)),
+            "malformed put: status {}",
+            h.status
+        );
+        c.expect(&Request::Get { key }, Status::NotFound)
+            .with_context(|| format!("{kind:?} stale page after a malformed put"))?;
+        close_pool(&mut c, pool)?;
+    }
+    healthy(addr, 17)
+}
+
+/// Sends `requests` as one BATCH and returns each entry's status.
+fn batch_statuses(c: &mut Conn, requests: &[Request<'_>]) -> Result<Vec<Status>> {
+    let mut buf = vec![0u8; MAX_FRAME];
+    let mut w = BatchWriter::new(&mut buf)?;
+    for r in requests {
+        w.push_request(r, 0)?;
+    }
+    let id = c.next;
+    c.next += 1;
+    let n = w.finish_request(id, 0)?;
+    c.send_raw(&buf[..n])?;
+    let (h, payload) = c.recv()?;
+    ensure!(h.request_id == id, "batch reply id");
+    match Reply::parse(h.opcode, h.status, &payload)? {
+        Reply::Batch(entries) => Ok(entries
+            .map(|e| Status::from_u16(e.status).unwrap_or(Status::Internal))
+            .collect()),
+        other => bail!("batch answered with {:?}", other.status()),
+    }
+}
+
+fn second_hello(addr: &str, _: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, client_id(18))?;
+    let pool = c.new_pool()?;
+    c.expect(
+        &Request::Put {
+            key: key(pool, 1),
+            page: raw(&text_page(5)),
+        },
+        Status::Ok,
+    )?;
+    // Another id on the same connection is refused, and the connection keeps its identity.
+    c.expect(
+        &Request::Hello(Hello::new(client_id(19))),
+        Status::Malformed,
+    )?;
+    c.expect(&Request::Get { key: key(pool, 1) }, Status::Ok)?;
+    close_pool(&mut c, pool)
 }
 
 fn bad_version_range(addr: &str, _: &Options) -> Result<()> {
@@ -667,11 +807,17 @@ fn stall_mid_frame(addr: &str, opts: &Options) -> Result<()> {
 }
 
 /// One connection keeps many puts in flight for a while; meanwhile another client's requests must
-/// still be answered promptly.
+/// still be answered promptly. The measurement starts once the flood has its window of frames in
+/// flight (not after a guessed delay) and must end while the flood is still going.
 fn busy_neighbour(addr: &str, _: &Options) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    use std::sync::Arc;
+    /// Frames the flood keeps in flight; the measurement waits for twice as many replies.
+    const WINDOW: u64 = 16;
     let addr_owned = addr.to_string();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop_flood = stop.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let replies = Arc::new(AtomicU64::new(0));
+    let (stop_flood, replies_flood) = (stop.clone(), replies.clone());
     let flood = std::thread::spawn(move || -> Result<u64> {
         let mut c = Conn::hello(&addr_owned, client_id(15))?;
         let pool = c.new_pool()?;
@@ -679,13 +825,12 @@ fn busy_neighbour(addr: &str, _: &Options) -> Result<()> {
         let mut buf = vec![0u8; MAX_FRAME];
         let (mut sent, mut done) = (0u64, 0u64);
         let start = Instant::now();
-        // Batches of 64 pages, 16 in flight: more than the appliance can compress as fast as it
-        // arrives, so this connection always has input waiting. Bounded: 10 s, 20k frames.
-        while !stop_flood.load(std::sync::atomic::Ordering::SeqCst)
-            && start.elapsed() < Duration::from_secs(10)
-            && sent < 20_000
+        // Batches of 64 pages, WINDOW in flight: more than the appliance can compress as fast as
+        // it arrives, so this connection always has input waiting. Bounded: 30 s (it normally
+        // stops when told, after the measurement), 20k frames.
+        while !stop_flood.load(SeqCst) && start.elapsed() < Duration::from_secs(30) && sent < 20_000
         {
-            while sent - done < 16 {
+            while sent - done < WINDOW {
                 let mut w = BatchWriter::new(&mut buf)?;
                 for i in 0..MAX_BATCH {
                     w.push_request(
@@ -702,6 +847,7 @@ fn busy_neighbour(addr: &str, _: &Options) -> Result<()> {
             }
             c.recv()?;
             done += 1;
+            replies_flood.store(done, SeqCst);
         }
         while done < sent {
             c.recv()?;
@@ -710,20 +856,47 @@ fn busy_neighbour(addr: &str, _: &Options) -> Result<()> {
         close_pool(&mut c, pool)?;
         Ok(done)
     });
-    std::thread::sleep(Duration::from_millis(300));
-    let mut worst = Duration::ZERO;
     let mut other = Conn::hello(addr, client_id(16))?;
+    // Wait (bounded: 10 s, 1000 polls) until the flood has had 2 x WINDOW frames answered: from
+    // then on the appliance always has a window of its frames to work on.
+    let start = Instant::now();
+    for _ in 0..1000 {
+        if replies.load(SeqCst) >= 2 * WINDOW
+            || flood.is_finished()
+            || start.elapsed() > Duration::from_secs(10)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = replies.load(SeqCst);
+    if before < 2 * WINDOW || flood.is_finished() {
+        stop.store(true, SeqCst);
+        let why = match flood.join() {
+            Ok(Err(e)) => format!("{e:#}"),
+            Ok(Ok(n)) => format!("stopped after {n} frames"),
+            Err(_) => "panicked".into(),
+        };
+        bail!("the flooding connection did not get going ({before} frames answered): {why}");
+    }
+    let mut worst = Duration::ZERO;
     for _ in 0..5 {
         let t = Instant::now();
         other.expect(&Request::Stats, Status::Ok)?;
         worst = worst.max(t.elapsed());
         std::thread::sleep(Duration::from_millis(100));
     }
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let during = replies.load(SeqCst) - before;
+    let still_flooding = !flood.is_finished();
+    stop.store(true, SeqCst);
     let flooded = flood
         .join()
         .map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
     ensure!(flooded > 0, "the flooding connection made no progress");
+    ensure!(
+        still_flooding && during > 0,
+        "the flood was not running while the other client was measured ({during} frames answered)"
+    );
     ensure!(
         worst < Duration::from_secs(2),
         "a request waited {worst:?} behind a busy connection"
