@@ -10,9 +10,9 @@ use crate::framing::ReplyBuffer;
 use crate::store::{Fetched, Store};
 use crate::NetCounters;
 use protocol::{
-    flags, BatchIter, BatchWriter, Encoding, Header, HelloReply, Opcode, Page, Reply, Request,
-    StatsView, Status, WireError, HEADER_LEN, MAX_BATCH, MAX_PAYLOAD, PAGE_SIZE, STAT_COUNT,
-    VERSION,
+    flags, BatchIter, BatchWriter, Encoding, Header, HelloReply, Opcode, Page, PageKey, Reply,
+    Request, StatsView, Status, WireError, HEADER_LEN, MAX_BATCH, MAX_PAYLOAD, PAGE_SIZE,
+    STAT_COUNT, VERSION,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -76,15 +76,22 @@ impl Session {
     }
 
     fn dispatch(&mut self, h: &Header, payload: &[u8], out: &mut [u8]) -> usize {
+        // Before HELLO nothing but HELLO is even decoded (unknown opcodes included).
+        if self.client.is_none() && h.opcode != Opcode::Hello as u8 {
+            return emit_error(h, Status::NotAuthenticated, "HELLO first", out);
+        }
         let request = match Request::parse(h.opcode, payload) {
             Ok(r) => r,
             Err(e) => {
                 self.net.malformed.fetch_add(1, Ordering::Relaxed);
+                self.drop_page_of_failed_put(h.opcode, payload);
                 return emit_error(h, e.status(), &e.to_string(), out);
             }
         };
         let result = match (self.client, request) {
-            (_, Request::Hello(hello)) => self.hello(&hello),
+            // One identity per connection: a second HELLO cannot switch it.
+            (Some(_), Request::Hello(_)) => Err(Status::Malformed),
+            (None, Request::Hello(hello)) => self.hello(&hello),
             (None, _) => Err(Status::NotAuthenticated),
             (Some(_), Request::Batch(batch)) => {
                 return self.batch(h, batch, out).unwrap_or_else(|status| {
@@ -143,6 +150,7 @@ impl Session {
                 Ok(req) => self.page_op(client, req, entry.flags | (h.flags & flags::ACCEPT_LZ4)),
                 Err(e) => {
                     self.net.malformed.fetch_add(1, Ordering::Relaxed);
+                    self.drop_page_of_failed_put(entry.opcode, entry.body);
                     Reply::Error {
                         status: e.status(),
                         message: b"",
@@ -173,6 +181,8 @@ impl Session {
                         .put(client, key, stored, page.crc)
                         .map(|()| Reply::Done),
                     Err(e) => {
+                        // The put failed: the page it meant to replace must not be read back.
+                        let _ = self.store.flush_page(client, key);
                         let counter = match e {
                             codec::CodecError::BadChecksum => &self.net.checksum_errors,
                             codec::CodecError::Corrupt => &self.net.corrupt_pages,
@@ -206,6 +216,16 @@ impl Session {
             status,
             message: b"",
         })
+    }
+
+    /// A PUT_PAGE that could not be decoded still names its key when the key itself is whole:
+    /// the old page under it is removed, so a failed put never leaves a stale page behind.
+    fn drop_page_of_failed_put(&self, opcode: u8, payload: &[u8]) {
+        if let (Some(client), Some(Opcode::PutPage)) = (self.client, Opcode::from_u8(opcode)) {
+            if let Ok(key) = PageKey::parse_prefix(payload) {
+                let _ = self.store.flush_page(client, key);
+            }
+        }
     }
 
     fn page_reply<'s>(

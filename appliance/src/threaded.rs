@@ -57,12 +57,13 @@ pub(crate) fn run(listener: TcpListener, front: Arc<FrontEnd>) -> io::Result<()>
 fn spawn(stream: TcpStream, front: Arc<FrontEnd>) -> io::Result<JoinHandle<()>> {
     let registered = front.shutdown.register(&stream)?;
     let peer = stream.peer_addr().ok();
+    // Made here, not in the thread, so the connection counts as open as soon as it is accepted.
+    let mut conn = front.connection(Instant::now());
     std::thread::Builder::new()
         .name(format!("conn-{registered}"))
         .stack_size(CONNECTION_STACK)
         .spawn(move || {
             tracing::debug!(?peer, "connected");
-            let mut conn = front.connection(Instant::now());
             match serve(stream, &mut conn, &front) {
                 Ok(()) => tracing::debug!(?peer, "disconnected"),
                 Err(e) => {

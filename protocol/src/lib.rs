@@ -45,10 +45,17 @@ pub const PAGE_SIZE: usize = 4096;
 /// Most page operations one BATCH frame may carry.
 pub const MAX_BATCH: usize = 64;
 
-/// Largest payload either side accepts: a full batch of raw puts, plus room. Anything larger is refused
-/// before it is buffered, which bounds per-connection memory.
+/// Bytes an AEAD tag adds to a page sealed by the client (client-side page encryption).
+pub const SEAL_TAG_LEN: usize = 16;
+
+/// Largest page data on the wire: a raw page, or a raw page sealed by the client.
+pub const MAX_PAGE_DATA: usize = PAGE_SIZE + SEAL_TAG_LEN;
+
+/// Largest payload either side accepts: a full batch of puts of the largest page data
+/// (266,500 bytes). Anything larger is refused before it is buffered, which bounds per-connection
+/// memory.
 pub const MAX_PAYLOAD: usize =
-    4 + MAX_BATCH * (BATCH_ENTRY_HEADER_LEN + KEY_LEN + PAGE_HEADER_LEN + PAGE_SIZE);
+    4 + MAX_BATCH * (BATCH_ENTRY_HEADER_LEN + KEY_LEN + PAGE_HEADER_LEN + MAX_PAGE_DATA);
 
 /// Largest frame (header + payload).
 pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD;

@@ -29,6 +29,12 @@ pub struct PageKey {
 }
 
 impl PageKey {
+    /// Decodes the key at the start of `buf` (e.g. of a PUT_PAGE payload whose page part is
+    /// malformed: the appliance still removes the old page under that key).
+    pub fn parse_prefix(buf: &[u8]) -> Result<PageKey, WireError> {
+        PageKey::read(&mut Reader::new(buf))
+    }
+
     pub(crate) fn read(r: &mut Reader<'_>) -> Result<PageKey, WireError> {
         let pool = r.u32()?;
         let index = r.u32()?;

@@ -262,3 +262,29 @@ fn stats_reply() {
         )
     );
 }
+
+/// The limits an independent implementation needs, as docs/protocol.md states them.
+#[test]
+fn limits() {
+    assert_eq!(MAX_PAYLOAD, 266_500, "4 + 64 x (8 + 32 + 12 + 4096 + 16)");
+    assert_eq!(MAX_FRAME, 266_524);
+    assert_eq!(MAX_BATCH, 64);
+    assert_eq!(AUTH_MAX, 64);
+    assert_eq!(MAX_ERROR_MESSAGE, 256);
+}
+
+/// The STATS ids docs/protocol.md lists, by number (append-only).
+#[test]
+fn stat_ids() {
+    let listed: Vec<(u16, &str)> = StatId::ALL.iter().map(|&s| (s as u16, s.name())).collect();
+    for (i, (id, _)) in listed.iter().enumerate() {
+        assert_eq!(*id as usize, i, "ids are dense and in order");
+    }
+    let doc = include_str!("../../docs/protocol.md");
+    for (id, name) in listed {
+        assert!(
+            doc.contains(&format!("| {id} | `{name}` |")),
+            "docs/protocol.md does not list STATS id {id} `{name}`"
+        );
+    }
+}
