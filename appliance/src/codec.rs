@@ -41,6 +41,8 @@ pub enum Stored<'a> {
     Lz4(&'a [u8]),
     /// The page itself.
     Raw(&'a [u8]),
+    /// A page the client sealed: opaque bytes, kept and returned as they came.
+    Sealed(&'a [u8]),
 }
 
 impl Stored<'_> {
@@ -48,7 +50,7 @@ impl Stored<'_> {
     pub fn data(&self) -> &[u8] {
         match self {
             Stored::Fill(_) => &[],
-            Stored::Lz4(d) | Stored::Raw(d) => d,
+            Stored::Lz4(d) | Stored::Raw(d) | Stored::Sealed(d) => d,
         }
     }
 }
@@ -80,6 +82,13 @@ pub fn ingest<'a>(
     raw_threshold: usize,
 ) -> Result<Stored<'a>, CodecError> {
     let raw: &[u8; PAGE_SIZE] = match page.encoding {
+        Encoding::Sealed => {
+            // Opaque to us: only the transfer can be checked.
+            if checksum(page.data) != page.crc {
+                return Err(CodecError::BadChecksum);
+            }
+            return Ok(Stored::Sealed(page.data));
+        }
         Encoding::Raw => page.data.try_into().map_err(|_| CodecError::Corrupt)?,
         Encoding::Lz4 => {
             decode_lz4(page.data, &mut scratch.raw)?;
@@ -124,8 +133,10 @@ pub fn decode_lz4(data: &[u8], out: &mut [u8; PAGE_SIZE]) -> Result<(), CodecErr
 }
 
 /// Expands a stored page into `out` (used for clients that do not accept LZ4 and for verification).
+/// Sealed pages cannot be expanded here (only their client can open them).
 pub fn expand(stored: Stored<'_>, out: &mut [u8; PAGE_SIZE]) -> Result<(), CodecError> {
     match stored {
+        Stored::Sealed(_) => return Err(CodecError::Corrupt),
         Stored::Fill(word) => Page::expand_fill(word, out),
         Stored::Lz4(data) => decode_lz4(data, out)?,
         Stored::Raw(data) => {

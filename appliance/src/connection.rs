@@ -3,21 +3,26 @@
 //! Everything a connection does apart from moving bytes lives here, once, for every front end
 //! ([`crate::threaded`] and [`crate::event_loop`] are thin socket shells around it, as quinn drives
 //! quinn-proto): reassembling frames ([`FrameBuffer`]), running them through the protocol state
-//! machine ([`Session`]), collecting replies ([`ReplyBuffer`]), and the rules that decide when a
-//! connection must end (a frame cut off by the peer, a stream that cannot be decoded, a peer that
-//! stalls), with the counters that go with them. Time is an input (`now`), never read here.
+//! machine ([`Session`]), collecting replies ([`ReplyBuffer`]), after an authenticated HELLO the
+//! record layer ([`SecureChannel`]: every byte both ways sealed), and the rules that decide when a
+//! connection must end (a frame cut off by the peer, a stream that cannot be decoded, a record
+//! that fails to open, refused credentials, a peer that stalls), with the counters that go with
+//! them. Time is an input (`now`), never read here.
 //!
 //! The shells call, in any order that suits their I/O model:
 //! [`Connection::input_buffer`] + [`Connection::input_received`] when bytes arrived,
 //! [`Connection::input_closed`] on end of stream, [`Connection::process`] to answer what is
-//! buffered, [`Connection::output`] + [`Connection::output_sent`] to write replies, and
-//! [`Connection::on_tick`] every so often.
+//! buffered, [`Connection::output`] + [`Connection::output_sent`] to write replies,
+//! [`Connection::is_done`] to know when to close, and [`Connection::on_tick`] every so often.
 
+use crate::auth::Authenticator;
+use crate::channel::{ChannelError, SecureChannel};
 use crate::framing::{FrameBuffer, ReplyBuffer};
 use crate::session::{Session, SessionError};
 use crate::store::Store;
 use crate::NetCounters;
 use protocol::WireError;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +43,9 @@ pub enum ConnectionError {
     /// The session refused to go on (e.g. the peer sent a reply frame).
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// A record failed to open, or had an impossible length: the stream was tampered with.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
     /// The peer closed its side in the middle of a frame; the partial frame is discarded.
     #[error("peer disconnected mid-frame")]
     ClosedMidFrame,
@@ -46,104 +54,200 @@ pub enum ConnectionError {
     Stalled(Duration),
 }
 
+/// The record layer once a Noise HELLO succeeded, with the sealed bytes waiting to go out.
+struct Secure {
+    channel: SecureChannel,
+    wire: ReplyBuffer,
+}
+
 /// A client connection's state: frames in, session, replies out.
 pub struct Connection {
     session: Session,
     frames: FrameBuffer,
+    /// Plaintext replies (sealed into `secure.wire` when the connection is secure).
     out: ReplyBuffer,
+    secure: Option<Secure>,
     net: Arc<NetCounters>,
     last_progress: Instant,
 }
 
 impl Connection {
-    /// A fresh connection, counted as open until dropped.
-    pub fn new(store: Arc<Store>, net: Arc<NetCounters>, now: Instant) -> Connection {
+    /// A fresh connection from `peer`, counted as open until dropped.
+    pub fn new(
+        store: Arc<Store>,
+        net: Arc<NetCounters>,
+        auth: Arc<Authenticator>,
+        peer: Option<SocketAddr>,
+        now: Instant,
+    ) -> Connection {
         net.connections.fetch_add(1, Ordering::Relaxed);
         net.connections_total.fetch_add(1, Ordering::Relaxed);
         Connection {
-            session: Session::new(store, net.clone()),
+            session: Session::new(store, net.clone(), auth, peer),
             frames: FrameBuffer::default(),
             out: ReplyBuffer::default(),
+            secure: None,
             net,
             last_progress: now,
         }
     }
 
-    /// The client id the peer authenticated as, once known (for logs).
+    /// The client id the peer said HELLO as, once known (for logs).
     pub fn client(&self) -> Option<u64> {
         self.session.client()
     }
 
-    /// Where the next bytes from the socket go (never empty).
+    /// Whether every byte since HELLO travels sealed.
+    pub fn is_secure(&self) -> bool {
+        self.secure.is_some()
+    }
+
+    /// Where the next bytes from the socket go (never empty while [`Connection::wants_input`]).
     pub fn input_buffer(&mut self) -> &mut [u8] {
-        self.frames.spare()
+        match &mut self.secure {
+            Some(s) => s.channel.input_buffer(),
+            None => self.frames.spare(),
+        }
     }
 
     /// `n` bytes were read into [`Connection::input_buffer`].
     pub fn input_received(&mut self, n: usize, now: Instant) {
-        self.frames.commit(n);
+        match &mut self.secure {
+            Some(s) => s.channel.input_received(n),
+            None => self.frames.commit(n),
+        }
         self.net.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         self.last_progress = now;
     }
 
     /// The peer closed its side: fine between frames, an error inside one.
     pub fn input_closed(&self) -> Result<(), ConnectionError> {
-        if self.frames.has_partial() {
+        if self.has_partial_input() {
             return Err(ConnectionError::ClosedMidFrame);
         }
         Ok(())
     }
 
-    /// Answers the complete frames buffered so far, while fewer than [`OUT_FLUSH`] reply bytes are
-    /// pending. Returns whether it answered any. An error means the connection must close.
+    fn has_partial_input(&self) -> bool {
+        self.frames.has_partial()
+            || self
+                .secure
+                .as_ref()
+                .is_some_and(|s| s.channel.has_partial())
+    }
+
+    /// Answers the complete frames buffered so far (opening records as needed), while fewer than
+    /// [`OUT_FLUSH`] reply bytes are pending. Returns whether it answered any. An error means the
+    /// connection must close.
     pub fn process(&mut self) -> Result<bool, ConnectionError> {
         let mut any = false;
-        while self.out.pending().len() < OUT_FLUSH {
-            let frame = match self.frames.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => return Err(self.malformed(e.into())),
+        loop {
+            while !self.session.refused() && self.pending_output() < OUT_FLUSH {
+                let frame = match self.frames.next_frame() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => return Err(self.malformed(e.into())),
+                };
+                if let Err(e) = self.session.handle_frame(frame, &mut self.out) {
+                    return Err(self.malformed(e.into()));
+                }
+                any = true;
+                if let Some(channel) = self.session.take_channel() {
+                    self.go_secure(channel);
+                }
+            }
+            let Some(s) = &mut self.secure else {
+                return Ok(any);
             };
-            if let Err(e) = self.session.handle_frame(frame, &mut self.out) {
+            if !self.out.pending().is_empty() {
+                s.channel.seal(self.out.pending(), &mut s.wire)?;
+                self.out.clear();
+            }
+            // Open the next record only when no whole frame waits (bounds the frame buffer).
+            let room = s.wire.pending().len() < OUT_FLUSH && !self.session.refused();
+            if !room || self.frames.has_frame() || !s.channel.has_record() {
+                return Ok(any);
+            }
+            let len = s.channel.next_plaintext_len();
+            if let Err(e) = s
+                .channel
+                .open_next(self.frames.reserve(len))
+                .map(|n| self.frames.commit(n))
+            {
+                if e == ChannelError::Decrypt {
+                    self.net.aead_failures.fetch_add(1, Ordering::Relaxed);
+                }
                 return Err(self.malformed(e.into()));
             }
-            any = true;
         }
-        Ok(any)
     }
 
-    /// Whether the shell should read more: our replies are not backed up.
+    /// From the byte after the HELLO frame on, both directions are records: replies queued so
+    /// far (the HELLO reply) go out as they are, bytes already read after HELLO are ciphertext.
+    fn go_secure(&mut self, mut channel: SecureChannel) {
+        let mut wire = ReplyBuffer::default();
+        let clear = self.out.pending();
+        wire.room(clear.len())[..clear.len()].copy_from_slice(clear);
+        wire.commit(clear.len());
+        self.out.clear();
+        channel.push_early(&self.frames.take_pending());
+        self.secure = Some(Secure { channel, wire });
+    }
+
+    fn pending_output(&self) -> usize {
+        self.out.pending().len() + self.secure.as_ref().map_or(0, |s| s.wire.pending().len())
+    }
+
+    /// Whether the shell should read more: our replies are not backed up, no whole record waits,
+    /// and the connection is not ending.
     pub fn wants_input(&self) -> bool {
-        self.out.pending().len() < OUT_FLUSH
+        !self.session.refused()
+            && self.pending_output() < OUT_FLUSH
+            && !self.secure.as_ref().is_some_and(|s| s.channel.has_record())
     }
 
-    /// Reply bytes waiting to be written.
+    /// Whether the connection is over (credentials refused and the refusal sent): close it.
+    pub fn is_done(&self) -> bool {
+        self.session.refused() && self.output().is_empty()
+    }
+
+    /// Bytes waiting to be written.
     pub fn output(&self) -> &[u8] {
-        self.out.pending()
+        match &self.secure {
+            Some(s) => s.wire.pending(),
+            None => self.out.pending(),
+        }
     }
 
     /// The first `n` bytes of [`Connection::output`] were written.
     pub fn output_sent(&mut self, n: usize, now: Instant) {
-        self.out.advance(n);
+        match &mut self.secure {
+            Some(s) => s.wire.advance(n),
+            None => self.out.advance(n),
+        }
         self.net.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         self.last_progress = now;
     }
 
-    /// Periodic check: ends a connection stalled past `frame_timeout` (a partial frame buffered,
-    /// or replies the peer does not read), and gives an idle connection's buffers back.
+    /// Periodic check: ends a connection stalled past `frame_timeout` (a partial frame or record
+    /// buffered, or replies the peer does not read), and gives an idle connection's buffers back.
     pub fn on_tick(
         &mut self,
         now: Instant,
         frame_timeout: Duration,
     ) -> Result<(), ConnectionError> {
         let idle = now.saturating_duration_since(self.last_progress);
-        let waiting = self.frames.has_partial() || !self.out.pending().is_empty();
+        let waiting = self.has_partial_input() || !self.output().is_empty();
         if waiting && idle >= frame_timeout {
             return Err(self.malformed(ConnectionError::Stalled(frame_timeout)));
         }
         if !waiting && idle >= SHRINK_AFTER {
             self.frames.shrink_if_idle();
             self.out.shrink_if_idle();
+            if let Some(s) = &mut self.secure {
+                s.channel.shrink_if_idle();
+                s.wire.shrink_if_idle();
+            }
         }
         Ok(())
     }
@@ -174,7 +278,11 @@ mod tests {
             raw_threshold: crate::codec::DEFAULT_RAW_THRESHOLD,
         }));
         let net = Arc::new(NetCounters::default());
-        (Connection::new(store, net.clone(), Instant::now()), net)
+        let auth = Arc::new(Authenticator::new(crate::auth::AuthConfig::insecure()));
+        (
+            Connection::new(store, net.clone(), auth, None, Instant::now()),
+            net,
+        )
     }
 
     fn feed(c: &mut Connection, bytes: &[u8], now: Instant) {

@@ -138,7 +138,7 @@ fn accept_all(listener: &TcpListener, front: &FrontEnd, conns: &mut Vec<Conn>) -
         conns.push(Conn {
             stream,
             peer: Some(peer),
-            state: front.connection(Instant::now()),
+            state: front.connection(Some(peer), Instant::now()),
         });
     }
 }
@@ -188,6 +188,9 @@ fn drive(c: &mut Conn) -> Drive {
         match c.state.process() {
             Ok(answered) => step |= answered,
             Err(e) => return Drive::Failed(e.into()),
+        }
+        if c.state.is_done() {
+            return Drive::Closed;
         }
         if c.state.wants_input() {
             match c.stream.read(c.state.input_buffer()) {

@@ -71,6 +71,35 @@ impl FrameBuffer {
         }
     }
 
+    /// Room for `n` more bytes (decrypted record contents, which need not end on a frame
+    /// boundary). The caller bounds memory by adding records only while no whole frame waits.
+    pub fn reserve(&mut self, n: usize) -> &mut [u8] {
+        let pending = self.end - self.start;
+        if self.start > 0 && self.end + n > self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end = pending;
+            self.start = 0;
+        }
+        if self.buf.len() < self.end + n {
+            self.buf.resize(self.end + n, 0);
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Whether a whole frame is buffered (or the buffered bytes are already unusable).
+    pub fn has_frame(&self) -> bool {
+        !matches!(frame_len(&self.buf[self.start..self.end]), Ok(None))
+    }
+
+    /// Takes every buffered byte out (the stream switches to records after HELLO: what followed
+    /// the HELLO frame is ciphertext).
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        let bytes = self.buf[self.start..self.end].to_vec();
+        self.start = 0;
+        self.end = 0;
+        bytes
+    }
+
     /// Whether part of a frame is buffered (a peer that stops here is stalling mid-frame).
     pub fn has_partial(&self) -> bool {
         self.end > self.start

@@ -1,6 +1,7 @@
 //! What the socket front ends ([`crate::threaded`], [`crate::event_loop`]) share: the store and
 //! counters every [`Connection`] is built from, the connection policies, and the stop signal.
 
+use crate::auth::Authenticator;
 use crate::connection::Connection;
 use crate::store::Store;
 use crate::NetCounters;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 pub(crate) struct FrontEnd {
     pub(crate) store: Arc<Store>,
     pub(crate) net: Arc<NetCounters>,
+    pub(crate) auth: Arc<Authenticator>,
     pub(crate) shutdown: Arc<Shutdown>,
     /// Connections beyond this are closed right after accept.
     pub(crate) max_connections: usize,
@@ -22,9 +24,15 @@ pub(crate) struct FrontEnd {
 }
 
 impl FrontEnd {
-    /// The sans-IO state of a newly accepted connection.
-    pub(crate) fn connection(&self, now: Instant) -> Connection {
-        Connection::new(self.store.clone(), self.net.clone(), now)
+    /// The sans-IO state of a connection just accepted from `peer`.
+    pub(crate) fn connection(&self, peer: Option<SocketAddr>, now: Instant) -> Connection {
+        Connection::new(
+            self.store.clone(),
+            self.net.clone(),
+            self.auth.clone(),
+            peer,
+            now,
+        )
     }
 }
 

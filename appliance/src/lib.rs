@@ -6,6 +6,8 @@
 //! TCP front end: a thread per connection, or one event loop — the default on Hermit; both are thin
 //! shells around [`connection::Connection`]); [`metrics`] (Prometheus text over HTTP).
 
+pub mod auth;
+pub mod channel;
 pub mod codec;
 pub mod connection;
 mod event_loop;
@@ -13,6 +15,7 @@ pub mod framing;
 mod front;
 #[cfg(target_os = "hermit")]
 pub mod hermit_heap;
+pub mod keys;
 pub mod metrics;
 pub mod server;
 pub mod session;
@@ -40,6 +43,12 @@ pub struct NetCounters {
     pub checksum_errors: AtomicU64,
     /// Pages that did not decompress.
     pub corrupt_pages: AtomicU64,
+    /// Authenticated sessions established (Noise handshakes completed).
+    pub handshakes: AtomicU64,
+    /// HELLOs refused for their credentials (unknown client, wrong key, replay, none given).
+    pub auth_failures: AtomicU64,
+    /// Records that failed to open (altered, injected, replayed, reordered): connection closed.
+    pub aead_failures: AtomicU64,
 }
 
 impl NetCounters {
@@ -53,5 +62,8 @@ impl NetCounters {
         values[StatId::MalformedFrames as usize] = get(&self.malformed);
         values[StatId::ChecksumErrors as usize] = get(&self.checksum_errors);
         values[StatId::CorruptPages as usize] = get(&self.corrupt_pages);
+        values[StatId::Handshakes as usize] = get(&self.handshakes);
+        values[StatId::AuthFailures as usize] = get(&self.auth_failures);
+        values[StatId::AeadFailures as usize] = get(&self.aead_failures);
     }
 }

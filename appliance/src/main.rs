@@ -1,10 +1,13 @@
 //! `appliance --listen ADDR --memory SIZE`: the tmem memory server (host mode, and the Hermit image).
 
 use anyhow::{Context, Result};
+use appliance::auth::AuthConfig;
 use appliance::codec::DEFAULT_RAW_THRESHOLD;
+use appliance::keys::KeyRing;
 use appliance::server::{IoModel, Server, ServerConfig};
 use appliance::store::{Store, StoreConfig};
 use clap::Parser;
+use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +43,17 @@ struct Args {
     /// Linux, event loop on Hermit).
     #[arg(long, value_enum)]
     io_model: Option<IoModel>,
+    /// Client keys: a file of `CLIENT_ID KEY_HEX` lines (`tmemctl keygen` makes them). Clients
+    /// then authenticate and every byte is encrypted (docs/security.md).
+    #[arg(long, value_name = "FILE")]
+    keys: Option<std::path::PathBuf>,
+    /// One client key, `CLIENT_ID:KEY_HEX` (repeatable; how the Hermit image gets its keys).
+    #[arg(long, value_name = "ID:HEX")]
+    key: Vec<String>,
+    /// Also serve clients without credentials, in clear. Needed to listen on a non-loopback
+    /// address without keys; never needed with keys.
+    #[arg(long)]
+    insecure: bool,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
@@ -85,10 +99,12 @@ fn main() -> Result<()> {
         client_quota: args.client_quota.map(|q| q as usize),
         raw_threshold: args.raw_threshold.min(protocol::PAGE_SIZE),
     }));
+    let auth = auth_config(&args)?;
     let config = ServerConfig {
         max_connections: args.max_connections,
         frame_timeout: Duration::from_secs(args.frame_timeout.max(1)),
         io_model: args.io_model.unwrap_or_else(IoModel::platform_default),
+        auth,
     };
     let server = Server::bind(&args.listen, store.clone(), config)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -110,6 +126,47 @@ fn main() -> Result<()> {
     server.run()?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Secure by default: without keys, only a loopback address may be served (and that in clear);
+/// anything else needs `--insecure`, said by name.
+fn auth_config(args: &Args) -> Result<AuthConfig> {
+    let mut keys = match &args.keys {
+        Some(path) => KeyRing::load(path)?,
+        None => KeyRing::new(),
+    };
+    for k in &args.key {
+        keys.add_arg(k)?;
+    }
+    let loopback_only = args
+        .listen
+        .to_socket_addrs()
+        .map(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
+        .unwrap_or(false);
+    let allow_unauthenticated = if args.insecure {
+        true
+    } else if keys.is_empty() {
+        anyhow::ensure!(
+            loopback_only,
+            "refusing to serve {} without client keys: give --keys FILE or --key ID:HEX \
+             (`tmemctl keygen` makes them), or --insecure to serve anyone in clear",
+            args.listen
+        );
+        true
+    } else {
+        false
+    };
+    if allow_unauthenticated {
+        tracing::warn!(
+            listen = %args.listen,
+            "insecure: clients without keys are served, unauthenticated and in clear"
+        );
+    }
+    tracing::info!(clients_with_keys = keys.len(), "keys loaded");
+    Ok(AuthConfig {
+        keys,
+        allow_unauthenticated,
+    })
 }
 
 #[cfg(target_os = "linux")]

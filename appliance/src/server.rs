@@ -4,6 +4,7 @@
 //! Hermit). The same code serves in host mode (Linux process) and inside the Hermit unikernel,
 //! whose std sockets sit on smoltcp.
 
+use crate::auth::{AuthConfig, Authenticator};
 use crate::front::{FrontEnd, Shutdown};
 use crate::store::Store;
 use crate::NetCounters;
@@ -43,6 +44,9 @@ pub struct ServerConfig {
     pub frame_timeout: Duration,
     /// Threads or event loop.
     pub io_model: IoModel,
+    /// Who may connect (keys; whether unauthenticated clients are served). The default serves
+    /// nobody: give keys, or ask for [`AuthConfig::insecure`] by name.
+    pub auth: AuthConfig,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +55,7 @@ impl Default for ServerConfig {
             max_connections: 4096,
             frame_timeout: Duration::from_secs(30),
             io_model: IoModel::platform_default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -113,6 +118,7 @@ impl Server {
         let front = Arc::new(FrontEnd {
             store: self.store,
             net: self.net,
+            auth: Arc::new(Authenticator::new(self.config.auth)),
             shutdown: self.shutdown,
             max_connections: self.config.max_connections,
             frame_timeout: self.config.frame_timeout,

@@ -5,15 +5,20 @@
 //! Errors in one request become an error reply for that request id; only an unusable stream (bad
 //! magic or version, a reply where a request belongs) ends the connection.
 
+use crate::auth::Authenticator;
+use crate::channel::SecureChannel;
 use crate::codec::{self, Scratch};
 use crate::framing::ReplyBuffer;
 use crate::store::{Fetched, Store};
 use crate::NetCounters;
+use protocol::noise::{MSG2_LEN, MSG2_PAYLOAD_LEN};
+use protocol::MAX_PAGE_DATA;
 use protocol::{
     flags, BatchIter, BatchWriter, Encoding, Header, HelloReply, Opcode, Page, PageKey, Reply,
     Request, StatsView, Status, WireError, HEADER_LEN, MAX_BATCH, MAX_PAYLOAD, PAGE_SIZE,
     STAT_COUNT, VERSION,
 };
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -32,21 +37,39 @@ pub enum SessionError {
 pub struct Session {
     store: Arc<Store>,
     net: Arc<NetCounters>,
+    auth: Arc<Authenticator>,
+    peer: Option<SocketAddr>,
     client: Option<u64>,
+    /// HELLO was refused for bad credentials: answer nothing more, close once the reply is out.
+    refused: bool,
+    /// An authenticated session's channel, until the connection takes it (right after HELLO).
+    established: Option<SecureChannel>,
+    /// Noise message 2 of our HELLO reply.
+    msg2: [u8; MSG2_LEN],
     scratch: Box<Scratch>,
-    page: Box<[u8; PAGE_SIZE]>,
+    page: Box<[u8; MAX_PAGE_DATA]>,
     raw: Box<[u8; PAGE_SIZE]>,
 }
 
 impl Session {
-    /// A session that has not said HELLO yet.
-    pub fn new(store: Arc<Store>, net: Arc<NetCounters>) -> Session {
+    /// A session that has not said HELLO yet; `peer` names it in log lines.
+    pub fn new(
+        store: Arc<Store>,
+        net: Arc<NetCounters>,
+        auth: Arc<Authenticator>,
+        peer: Option<SocketAddr>,
+    ) -> Session {
         Session {
             store,
             net,
+            auth,
+            peer,
             client: None,
+            refused: false,
+            established: None,
+            msg2: [0; MSG2_LEN],
             scratch: Box::default(),
-            page: Box::new([0; PAGE_SIZE]),
+            page: Box::new([0; MAX_PAGE_DATA]),
             raw: Box::new([0; PAGE_SIZE]),
         }
     }
@@ -54,6 +77,17 @@ impl Session {
     /// The client id from HELLO, once known.
     pub fn client(&self) -> Option<u64> {
         self.client
+    }
+
+    /// Whether HELLO was refused for its credentials: the connection ends after the reply.
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+
+    /// The secure channel a Noise HELLO just established: from the byte after the HELLO frame
+    /// on, the stream is records (taken once, by the connection).
+    pub fn take_channel(&mut self) -> Option<SecureChannel> {
+        self.established.take()
     }
 
     /// Handles one complete frame, appending the reply frame to `out`.
@@ -88,11 +122,16 @@ impl Session {
                 return emit_error(h, e.status(), &e.to_string(), out);
             }
         };
-        let result = match (self.client, request) {
+        let refused = match (self.client, request) {
             // One identity per connection: a second HELLO cannot switch it.
-            (Some(_), Request::Hello(_)) => Err(Status::Malformed),
-            (None, Request::Hello(hello)) => self.hello(&hello),
-            (None, _) => Err(Status::NotAuthenticated),
+            (Some(_), Request::Hello(_)) => Status::Malformed,
+            (None, Request::Hello(hello)) => {
+                return match self.hello(&hello) {
+                    Ok(reply) => emit(h, &Reply::Hello(reply), out),
+                    Err(status) => emit_error(h, status, "", out),
+                };
+            }
+            (None, _) => Status::NotAuthenticated,
             (Some(_), Request::Batch(batch)) => {
                 return self.batch(h, batch, out).unwrap_or_else(|status| {
                     emit_error(h, status, "batch reply does not fit", out)
@@ -113,25 +152,39 @@ impl Session {
                 return emit(h, &reply, out);
             }
         };
-        match result {
-            Ok(reply) => emit(h, &Reply::Hello(reply), out),
-            Err(status) => emit_error(h, status, "", out),
-        }
+        emit_error(h, refused, "", out)
     }
 
-    fn hello(&mut self, hello: &protocol::Hello<'_>) -> Result<HelloReply, Status> {
+    fn hello(&mut self, hello: &protocol::Hello<'_>) -> Result<HelloReply<'_>, Status> {
         let v = VERSION as u16;
         if hello.min_version > v || hello.max_version < v {
             return Err(Status::UnsupportedVersion);
         }
-        if hello.auth_method != 0 {
-            return Err(Status::NotAuthenticated);
-        }
+        let client = format_args!("{:#x}", hello.client_id);
+        let mut limits = [0u8; MSG2_PAYLOAD_LEN];
+        limits[0..2].copy_from_slice(&v.to_le_bytes());
+        limits[2..4].copy_from_slice(&(MAX_BATCH as u16).to_le_bytes());
+        limits[4..8].copy_from_slice(&(MAX_PAYLOAD as u32).to_le_bytes());
+        let authenticated = match self.auth.hello(hello, &limits) {
+            Ok(Some(established)) => {
+                self.msg2 = established.msg2;
+                self.established = Some(SecureChannel::new(established.transport));
+                self.net.handshakes.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                self.net.auth_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = ?self.peer, %client, reason = %e, "HELLO refused");
+                self.refused = true;
+                return Err(Status::NotAuthenticated);
+            }
+        };
         self.client = Some(hello.client_id);
-        tracing::info!(client = format_args!("{:#x}", hello.client_id), "hello");
+        tracing::info!(peer = ?self.peer, %client, authenticated, "hello");
         let mut nonce = [0u8; protocol::HELLO_NONCE_LEN];
         if let Err(e) = getrandom::fill(&mut nonce) {
-            // Only challenge-response authentication (not yet offered) depends on it.
+            // No method depends on it; the reply goes out with zeros.
             tracing::warn!(error = %e, "no randomness for the HELLO nonce");
         }
         Ok(HelloReply {
@@ -139,6 +192,7 @@ impl Session {
             max_batch: MAX_BATCH as u16,
             max_payload: MAX_PAYLOAD as u32,
             nonce,
+            auth: if authenticated { &self.msg2 } else { &[] },
         })
     }
 
@@ -232,7 +286,7 @@ impl Session {
         fetched: Fetched,
         crc: u32,
         accept_lz4: bool,
-        page: &'s [u8; PAGE_SIZE],
+        page: &'s [u8; MAX_PAGE_DATA],
         raw: &'s mut [u8; PAGE_SIZE],
     ) -> Reply<'s> {
         match fetched {
@@ -264,7 +318,12 @@ impl Session {
             Fetched::Raw => Reply::Page(Page {
                 encoding: Encoding::Raw,
                 crc,
-                data: &page[..],
+                data: &page[..PAGE_SIZE],
+            }),
+            Fetched::Sealed(len) => Reply::Page(Page {
+                encoding: Encoding::Sealed,
+                crc,
+                data: &page[..len],
             }),
         }
     }

@@ -14,8 +14,9 @@ pub const SLAB_SIZE: usize = 256 * 1024;
 /// Granularity of size classes.
 pub const CLASS_STEP: usize = 64;
 
-/// Number of size classes (64, 128, ..., 4096 bytes).
-pub const CLASS_COUNT: usize = protocol::PAGE_SIZE / CLASS_STEP;
+/// Number of size classes (64, 128, ..., 4160 bytes: a page, or a page sealed by the client with
+/// its AEAD tag).
+pub const CLASS_COUNT: usize = protocol::MAX_PAGE_DATA.div_ceil(CLASS_STEP);
 
 /// Where an allocation lives. Small and `Copy`, so index entries stay compact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +42,7 @@ pub fn class_size(class: usize) -> usize {
     (class + 1) * CLASS_STEP
 }
 
-/// The class that holds `len` bytes (`len` must be 1..=PAGE_SIZE).
+/// The class that holds `len` bytes (`len` must be 1..=[`protocol::MAX_PAGE_DATA`]).
 pub fn class_for(len: usize) -> usize {
     len.max(1).div_ceil(CLASS_STEP) - 1
 }
@@ -168,7 +169,8 @@ mod tests {
         assert_eq!(class_for(1), 0);
         assert_eq!(class_for(64), 0);
         assert_eq!(class_for(65), 1);
-        assert_eq!(class_for(4096), CLASS_COUNT - 1);
+        assert_eq!(class_for(4096), 63);
+        assert_eq!(class_for(protocol::MAX_PAGE_DATA), CLASS_COUNT - 1);
         for len in 1..=4096 {
             let c = class_for(len);
             assert!(class_size(c) >= len && class_size(c) - len < CLASS_STEP);

@@ -10,7 +10,7 @@
 
 use crate::codec::Stored;
 use crate::slab::{class_for, class_size, SlabAllocator, SlotHandle};
-use protocol::{PageKey, PoolKind, StatId, Status, PAGE_SIZE, STAT_COUNT};
+use protocol::{PageKey, PoolKind, StatId, Status, MAX_PAGE_DATA, PAGE_SIZE, STAT_COUNT};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
@@ -37,6 +37,7 @@ enum Data {
     Fill(u64),
     Lz4 { slot: SlotHandle, len: u16 },
     Raw { slot: SlotHandle },
+    Sealed { slot: SlotHandle, len: u16 },
 }
 
 #[derive(Clone, Copy)]
@@ -54,7 +55,9 @@ impl Entry {
         ENTRY_METADATA_BYTES
             + match self.data {
                 Data::Fill(_) => 0,
-                Data::Lz4 { len, .. } => class_size(class_for(len as usize)),
+                Data::Lz4 { len, .. } | Data::Sealed { len, .. } => {
+                    class_size(class_for(len as usize))
+                }
                 Data::Raw { .. } => PAGE_SIZE,
             }
     }
@@ -62,7 +65,7 @@ impl Entry {
     fn stored_len(&self) -> usize {
         match self.data {
             Data::Fill(_) => 0,
-            Data::Lz4 { len, .. } => len as usize,
+            Data::Lz4 { len, .. } | Data::Sealed { len, .. } => len as usize,
             Data::Raw { .. } => PAGE_SIZE,
         }
     }
@@ -114,6 +117,8 @@ pub enum Fetched {
     Lz4(usize),
     /// The buffer holds the raw page.
     Raw,
+    /// The first `len` bytes of the buffer are a page sealed by its client.
+    Sealed(usize),
 }
 
 /// The store. Cheap to share (`Arc<Store>`); every method takes `&self`.
@@ -236,6 +241,10 @@ impl Store {
             Stored::Raw(bytes) => Data::Raw {
                 slot: s.slabs.store(bytes),
             },
+            Stored::Sealed(bytes) => Data::Sealed {
+                slot: s.slabs.store(bytes),
+                len: bytes.len() as u16,
+            },
         };
         let lru = if kind == PoolKind::Ephemeral {
             let seq = s.next_lru;
@@ -253,7 +262,7 @@ impl Store {
         match data {
             Data::Fill(_) => c.fill_pages += 1,
             Data::Raw { .. } => c.raw_pages += 1,
-            Data::Lz4 { .. } => {}
+            Data::Lz4 { .. } | Data::Sealed { .. } => {}
         }
         match kind {
             PoolKind::Persistent => c.persistent_pages += 1,
@@ -273,7 +282,7 @@ impl Store {
         client: u64,
         key: PageKey,
         and_free: bool,
-        out: &mut [u8; PAGE_SIZE],
+        out: &mut [u8; MAX_PAGE_DATA],
     ) -> Result<(Fetched, u32), Status> {
         let mut s = self.lock();
         let pool = s.pool(client, key.pool)?;
@@ -290,8 +299,13 @@ impl Store {
                 Fetched::Lz4(len)
             }
             Data::Raw { slot } => {
-                out.copy_from_slice(s.slabs.read(slot, PAGE_SIZE));
+                out[..PAGE_SIZE].copy_from_slice(s.slabs.read(slot, PAGE_SIZE));
                 Fetched::Raw
+            }
+            Data::Sealed { slot, len } => {
+                let len = len as usize;
+                out[..len].copy_from_slice(s.slabs.read(slot, len));
+                Fetched::Sealed(len)
             }
         };
         s.counters.get_hits += 1;
@@ -392,7 +406,7 @@ impl Inner {
     fn release(&mut self, owner: u64, entry: Entry) {
         match entry.data {
             Data::Fill(_) => self.counters.fill_pages -= 1,
-            Data::Lz4 { slot, .. } => self.slabs.free(slot),
+            Data::Lz4 { slot, .. } | Data::Sealed { slot, .. } => self.slabs.free(slot),
             Data::Raw { slot } => {
                 self.slabs.free(slot);
                 self.counters.raw_pages -= 1;

@@ -58,7 +58,7 @@ fn spawn(stream: TcpStream, front: Arc<FrontEnd>) -> io::Result<JoinHandle<()>> 
     let registered = front.shutdown.register(&stream)?;
     let peer = stream.peer_addr().ok();
     // Made here, not in the thread, so the connection counts as open as soon as it is accepted.
-    let mut conn = front.connection(Instant::now());
+    let mut conn = front.connection(peer, Instant::now());
     std::thread::Builder::new()
         .name(format!("conn-{registered}"))
         .stack_size(CONNECTION_STACK)
@@ -82,6 +82,9 @@ fn serve(mut stream: TcpStream, conn: &mut Connection, front: &FrontEnd) -> anyh
     loop {
         // Answer what is buffered, then write it all before reading more.
         conn.process()?;
+        if conn.is_done() {
+            return Ok(());
+        }
         let out = conn.output();
         if !out.is_empty() {
             let n = out.len();

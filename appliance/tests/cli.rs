@@ -143,3 +143,56 @@ fn metrics_port_serves_prometheus_text() {
     s.read_to_string(&mut body).unwrap();
     assert!(body.starts_with("HTTP/1.0 404"));
 }
+
+/// Secure by default: a non-loopback address without keys is refused, saying why; `--insecure`
+/// (asked for by name) or keys make it start.
+#[test]
+fn refuses_a_network_address_without_keys() {
+    let out = Command::new(env!("CARGO_BIN_EXE_appliance"))
+        .args(["--listen", "0.0.0.0:0", "--memory", "16MiB"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without client keys") && err.contains("--insecure"),
+        "{err}"
+    );
+
+    let key = "11".repeat(32);
+    for extra in [
+        vec!["--insecure".to_string()],
+        vec!["--key".to_string(), format!("0x7:{key}")],
+    ] {
+        let child = Command::new(env!("CARGO_BIN_EXE_appliance"))
+            .args(["--listen", "0.0.0.0:0", "--memory", "16MiB"])
+            .args(&extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = Kill(child);
+        let lines = first_lines(child.0.stdout.take().unwrap(), 1);
+        assert!(
+            lines[0].starts_with("appliance listening on "),
+            "{extra:?}: {lines:?}"
+        );
+    }
+    // A bad key is an error naming the argument, never a partial key ring; keys never in output.
+    let out = Command::new(env!("CARGO_BIN_EXE_appliance"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            &format!("7:{}", &key[..60]),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--key") && err.contains("64 hex"), "{err}");
+    assert!(
+        !err.contains(&key[..60]),
+        "key material in the error: {err}"
+    );
+}

@@ -42,13 +42,14 @@ fn put(s: &Store, key: PageKey, data: &[u8]) -> Result<(), Status> {
 }
 
 fn get(s: &Store, key: PageKey, and_free: bool) -> Result<Vec<u8>, Status> {
-    let mut buf = [0u8; PAGE_SIZE];
+    let mut buf = [0u8; protocol::MAX_PAGE_DATA];
     let (fetched, crc) = s.get(CLIENT, key, and_free, &mut buf)?;
     let mut out = [0u8; PAGE_SIZE];
     let stored = match fetched {
         Fetched::Fill(w) => Stored::Fill(w),
         Fetched::Lz4(n) => Stored::Lz4(&buf[..n]),
-        Fetched::Raw => Stored::Raw(&buf[..]),
+        Fetched::Raw => Stored::Raw(&buf[..PAGE_SIZE]),
+        Fetched::Sealed(n) => Stored::Sealed(&buf[..n]),
     };
     codec::expand(stored, &mut out).unwrap();
     assert_eq!(checksum(&out), crc);
@@ -167,7 +168,7 @@ fn ephemeral_pages_are_evicted_oldest_first_to_make_room() {
 fn pools_belong_to_their_client() {
     let s = store(64 << 20);
     let pool = s.new_pool(CLIENT, PoolKind::Persistent).unwrap();
-    let mut buf = [0u8; PAGE_SIZE];
+    let mut buf = [0u8; protocol::MAX_PAGE_DATA];
     assert_eq!(
         s.get(CLIENT + 1, key(pool, 0), false, &mut buf),
         Err(Status::UnknownPool)

@@ -4,6 +4,7 @@
 //! always be well-formed frames.
 #![no_main]
 
+use appliance::auth::{AuthConfig, Authenticator};
 use appliance::connection::Connection;
 use appliance::store::{Store, StoreConfig};
 use libfuzzer_sys::fuzz_target;
@@ -13,7 +14,8 @@ use std::time::Instant;
 
 fuzz_target!(|data: &[u8]| {
     let store = Arc::new(Store::new(StoreConfig { memory_limit: 8 << 20, client_quota: None, raw_threshold: 3584 }));
-    let mut conn = Connection::new(store, Arc::default(), Instant::now());
+    let auth = Arc::new(Authenticator::new(AuthConfig::insecure()));
+    let mut conn = Connection::new(store, Arc::default(), auth, None, Instant::now());
     let mut stream = vec![0u8; 256];
     let a = Request::Hello(Hello::new(1)).emit(1, 0, &mut stream).unwrap();
     let np = Request::NewPool(NewPool { kind: PoolKind::Persistent, page_size: 4096 });

@@ -20,7 +20,9 @@ mod batch;
 mod crc32c;
 mod cursor;
 mod header;
+pub mod keyfile;
 mod message;
+pub mod noise;
 mod page;
 mod stats;
 mod status;
@@ -29,8 +31,8 @@ pub use batch::{BatchEntry, BatchIter, BatchWriter, BATCH_ENTRY_HEADER_LEN};
 pub use crc32c::{crc32c, crc32c_append};
 pub use header::{frame_len, Header, HEADER_LEN, MAGIC};
 pub use message::{
-    FlushObject, Hello, HelloReply, NewPool, PoolKind, Reply, Request, AUTH_MAX, HELLO_NONCE_LEN,
-    MAX_ERROR_MESSAGE,
+    FlushObject, Hello, HelloReply, NewPool, PoolKind, Reply, Request, AUTH_MAX, AUTH_NOISE,
+    AUTH_NONE, HELLO_NONCE_LEN, MAX_ERROR_MESSAGE,
 };
 pub use page::{Encoding, Page, PageKey, KEY_LEN, PAGE_HEADER_LEN};
 pub use stats::{write_prometheus, StatId, StatsView, STAT_COUNT};

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! HELLO         min_ver u16 | max_ver u16 | auth_method u8 | rsvd u8 | auth_len u16 | client_id u64 | auth[auth_len]
-//!   reply       version u16 | max_batch u16 | max_payload u32 | nonce[16]
+//!   reply       version u16 | max_batch u16 | max_payload u32 | nonce[16] [| auth_len u16 | auth[auth_len]]
 //! NEW_POOL      kind u8 (0 ephemeral, 1 persistent) | rsvd u8 | rsvd u16 | page_size u32
 //!   reply       pool u32
 //! DESTROY_POOL  pool u32                             reply: empty
@@ -25,8 +25,14 @@ use crate::{
 /// Most bytes of authentication material in HELLO.
 pub const AUTH_MAX: usize = 64;
 
-/// Bytes of the appliance's HELLO nonce (for challenge-response authentication).
+/// Bytes of the appliance's HELLO nonce (fresh random bytes; no method uses them yet).
 pub const HELLO_NONCE_LEN: usize = 16;
+
+/// `auth_method` 0: no authentication (accepted only by an appliance run with `--insecure`).
+pub const AUTH_NONE: u8 = 0;
+/// `auth_method` 1: Noise_NNpsk0 with the client's pre-shared key (see [`crate::noise`]); `auth` is
+/// message 1, the reply's `auth` message 2, and every byte after the HELLO reply is a record.
+pub const AUTH_NOISE: u8 = 1;
 
 /// HELLO request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +43,7 @@ pub struct Hello<'a> {
     pub max_version: u16,
     /// Stable identity of the client machine; pools and quotas are per client.
     pub client_id: u64,
-    /// 0 = none. Other methods are reserved for authentication.
+    /// [`AUTH_NONE`] or [`AUTH_NOISE`].
     pub auth_method: u8,
     /// Authentication material for `auth_method` (at most [`AUTH_MAX`] bytes).
     pub auth: &'a [u8],
@@ -58,15 +64,18 @@ impl<'a> Hello<'a> {
 
 /// HELLO reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HelloReply {
+pub struct HelloReply<'a> {
     /// The version both sides will speak.
     pub version: u16,
     /// Most entries per BATCH this appliance accepts.
     pub max_batch: u16,
     /// Largest payload this appliance accepts.
     pub max_payload: u32,
-    /// Fresh random bytes for challenge-response authentication.
+    /// Fresh random bytes (no method uses them yet; clients ignore them).
     pub nonce: [u8; HELLO_NONCE_LEN],
+    /// The appliance's authentication material (Noise message 2); empty for [`AUTH_NONE`], and
+    /// then not on the wire at all.
+    pub auth: &'a [u8],
 }
 
 /// Pool kinds, with tmem's semantics.
@@ -288,7 +297,7 @@ impl<'a> Request<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reply<'a> {
     /// HELLO succeeded.
-    Hello(HelloReply),
+    Hello(HelloReply<'a>),
     /// NEW_POOL succeeded.
     NewPool {
         /// The new pool's id.
@@ -346,11 +355,25 @@ impl<'a> Reply<'a> {
                 let max_payload = r.u32()?;
                 let mut nonce = [0u8; HELLO_NONCE_LEN];
                 nonce.copy_from_slice(r.bytes(HELLO_NONCE_LEN)?);
+                let auth = match r.rest() {
+                    [] => &[][..],
+                    more => {
+                        let mut a = Reader::new(more);
+                        let len = a.u16()? as usize;
+                        if len == 0 || len > AUTH_MAX {
+                            return Err(WireError::Malformed("hello reply auth length"));
+                        }
+                        let auth = a.bytes(len)?;
+                        a.finish()?;
+                        auth
+                    }
+                };
                 Reply::Hello(HelloReply {
                     version,
                     max_batch,
                     max_payload,
                     nonce,
+                    auth,
                 })
             }
             Opcode::NewPool => Reply::NewPool { pool: r.u32()? },
@@ -370,7 +393,15 @@ impl<'a> Reply<'a> {
                 w.u16(h.version)?;
                 w.u16(h.max_batch)?;
                 w.u32(h.max_payload)?;
-                w.bytes(&h.nonce)
+                w.bytes(&h.nonce)?;
+                if h.auth.is_empty() {
+                    return Ok(());
+                }
+                if h.auth.len() > AUTH_MAX {
+                    return Err(WireError::Malformed("authentication material too long"));
+                }
+                w.u16(h.auth.len() as u16)?;
+                w.bytes(h.auth)
             }
             Reply::NewPool { pool } => w.u32(*pool),
             Reply::Done => Ok(()),

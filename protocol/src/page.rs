@@ -68,6 +68,10 @@ pub enum Encoding {
     /// A page filled with one repeated 8-byte little-endian word (zero pages are the common case):
     /// the data is that word.
     Fill = 2,
+    /// Sealed by the client (`encrypt_pages`): opaque to the appliance, which stores and returns it
+    /// as is. More than [`crate::SEAL_TAG_LEN`] and at most [`crate::MAX_PAGE_DATA`] bytes; the CRC
+    /// is of these bytes. The client decides what is inside (docs/security.md).
+    Sealed = 3,
 }
 
 /// A page payload, borrowed from a frame (zero-copy).
@@ -75,7 +79,7 @@ pub enum Encoding {
 pub struct Page<'a> {
     /// Representation of `data`.
     pub encoding: Encoding,
-    /// CRC-32C of the uncompressed page.
+    /// CRC-32C of the uncompressed page (of `data` itself for [`Encoding::Sealed`]).
     pub crc: u32,
     /// Encoded data; its length is checked against the encoding by [`Page::parse`].
     pub data: &'a [u8],
@@ -93,7 +97,8 @@ impl<'a> Page<'a> {
             0 if len == PAGE_SIZE => Encoding::Raw,
             1 if len > 0 && len < PAGE_SIZE => Encoding::Lz4,
             2 if len == 8 => Encoding::Fill,
-            0..=2 => {
+            3 if len > crate::SEAL_TAG_LEN && len <= crate::MAX_PAGE_DATA => Encoding::Sealed,
+            0..=3 => {
                 return Err(WireError::Malformed(
                     "page data length does not fit its encoding",
                 ))

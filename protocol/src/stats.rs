@@ -82,6 +82,12 @@ stat_ids! {
     BytesOut = 22, "bytes_out", false;
     /// Connections accepted since start.
     ConnectionsTotal = 23, "connections_total", false;
+    /// Authenticated sessions established (Noise handshakes completed).
+    Handshakes = 24, "handshakes", false;
+    /// HELLOs refused for their credentials (unknown client, wrong key, replayed, none given).
+    AuthFailures = 25, "auth_failures", false;
+    /// Records that failed authentication (altered, injected, replayed, reordered).
+    AeadFailures = 26, "aead_failures", false;
 }
 
 /// Number of counters this source knows.

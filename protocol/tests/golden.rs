@@ -58,6 +58,7 @@ fn hello_reply() {
         max_batch: 64,
         max_payload: 0x0004_0000,
         nonce: [0xab; 16],
+        auth: &[],
     });
     let frame = emit_reply(Opcode::Hello, &reply, 1);
     assert_eq!(
@@ -77,6 +78,115 @@ fn hello_reply() {
             "abababababababababababababababab"
         )
     );
+}
+
+/// HELLO with Noise (auth_method 1): message 1 in `auth`; the reply appends auth_len and message 2.
+#[test]
+fn hello_with_noise_request_and_reply() {
+    let msg1 = [0x11u8; noise::MSG1_LEN];
+    let req = Request::Hello(Hello {
+        auth_method: AUTH_NOISE,
+        auth: &msg1,
+        ..Hello::new(0x1122_3344_5566_7788)
+    });
+    let frame = emit_request(&req, 1, 0);
+    assert_eq!(
+        hex(&frame[..HEADER_LEN + 16]),
+        concat!(
+            "544d454d",
+            "01",
+            "01",
+            "0000",
+            "0100000000000000",
+            "48000000",
+            "0000",
+            "0000",
+            "0100",
+            "0100",
+            "01",
+            "00",
+            "3800",
+            "8877665544332211"
+        )
+    );
+    assert_eq!(&frame[HEADER_LEN + 16..], &msg1[..]);
+    // The prologue is the label and exactly those 16 payload bytes.
+    let prologue = noise::prologue(&Hello {
+        auth_method: AUTH_NOISE,
+        auth: &msg1,
+        ..Hello::new(0x1122_3344_5566_7788)
+    });
+    assert_eq!(&prologue[..noise::PROLOGUE_LABEL.len()], b"tmem/1 HELLO");
+    assert_eq!(
+        &prologue[noise::PROLOGUE_LABEL.len()..],
+        &frame[HEADER_LEN..HEADER_LEN + 16]
+    );
+
+    let msg2 = [0x22u8; noise::MSG2_LEN];
+    let reply = Reply::Hello(HelloReply {
+        version: 1,
+        max_batch: 64,
+        max_payload: MAX_PAYLOAD as u32,
+        nonce: [0xab; 16],
+        auth: &msg2,
+    });
+    let frame = emit_reply(Opcode::Hello, &reply, 1);
+    assert_eq!(
+        hex(&frame[..HEADER_LEN + 26]),
+        concat!(
+            "544d454d",
+            "01",
+            "01",
+            "0100",
+            "0100000000000000",
+            "52000000",
+            "0000",
+            "0000",
+            "0100",
+            "4000",
+            "04110400",
+            "abababababababababababababababab",
+            "3800"
+        )
+    );
+    assert_eq!(&frame[HEADER_LEN + 26..], &msg2[..]);
+    let h = Header::parse(&frame).unwrap();
+    assert_eq!(
+        Reply::parse(h.opcode, h.status, &frame[HEADER_LEN..]).unwrap(),
+        reply
+    );
+}
+
+/// A sealed page (encoding 3): opaque bytes, CRC of those bytes, 17..=4112 of them.
+#[test]
+fn sealed_page() {
+    let data = [0x5au8; MAX_PAGE_DATA];
+    let page = Page {
+        encoding: Encoding::Sealed,
+        crc: crc32c(&data),
+        data: &data,
+    };
+    let frame = emit_request(&Request::Put { key: KEY, page }, 3, 0);
+    assert_eq!(
+        hex(&frame[HEADER_LEN + KEY_LEN..HEADER_LEN + KEY_LEN + 4]),
+        "03000000"
+    );
+    assert_eq!(
+        hex(&frame[HEADER_LEN + KEY_LEN + 8..HEADER_LEN + KEY_LEN + 12]),
+        "10100000"
+    );
+    let h = Header::parse(&frame).unwrap();
+    assert!(Request::parse(h.opcode, &frame[HEADER_LEN..]).is_ok());
+    for bad_len in [SEAL_TAG_LEN, MAX_PAGE_DATA + 1] {
+        let short = vec![0u8; bad_len];
+        let page = Page {
+            encoding: Encoding::Sealed,
+            crc: 0,
+            data: &short,
+        };
+        let frame = emit_request(&Request::Put { key: KEY, page }, 3, 0);
+        assert!(Request::parse(Opcode::PutPage as u8, &frame[HEADER_LEN..]).is_err());
+    }
 }
 
 #[test]

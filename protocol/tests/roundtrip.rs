@@ -230,3 +230,26 @@ fn unknown_opcode_and_status() {
         }
     );
 }
+
+#[test]
+fn key_lines() {
+    use protocol::keyfile::*;
+    const K: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191A1B1C1D1E1F";
+    let (id, key) = parse_line(&format!("  0x2a {K} # web")).unwrap().unwrap();
+    assert_eq!((id, key[0], key[31]), (42, 0, 0x1f));
+    assert_eq!(parse_line("# only a comment"), Ok(None));
+    assert_eq!(parse_line(""), Ok(None));
+    assert_eq!(parse_line(&format!("7 {K}")).unwrap().unwrap().0, 7);
+    assert_eq!(parse_line(&format!("x {K}")), Err(KeyLineError::ClientId));
+    assert_eq!(parse_line("1 abcd"), Err(KeyLineError::Key));
+    assert_eq!(
+        parse_line(&format!("1 {}", &K[..63])),
+        Err(KeyLineError::Key)
+    );
+    assert_eq!(
+        parse_line(&format!("1 {K} more")),
+        Err(KeyLineError::Fields)
+    );
+    assert_eq!(parse_line("1"), Err(KeyLineError::Fields));
+    assert_eq!(parse_key_hex(&K.replace('0', "g")), None);
+}

@@ -490,6 +490,7 @@ fn handle(stream: &mut TcpStream, shared: &Shared, h: &Header, body: &[u8]) -> i
                 max_batch: protocol::MAX_BATCH as u16,
                 max_payload: MAX_PAYLOAD as u32,
                 nonce: [0x5a; 16],
+                auth: &[],
             });
             let n = reply
                 .emit(h.opcode, id, &mut out)

@@ -4,6 +4,7 @@
 
 use crate::client::{decode_page, describe, Client};
 use crate::corpus::Corpus;
+use crate::secure::Identity;
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -220,8 +221,8 @@ pub struct TmemBackend {
 
 impl TmemBackend {
     /// Connects, creates a persistent pool.
-    pub fn connect(addr: &str, client_id: u64, client_lz4: bool) -> Result<TmemBackend> {
-        let mut client = Client::connect(addr, client_id, Duration::from_secs(30))?;
+    pub fn connect(addr: &str, id: &Identity, client_lz4: bool) -> Result<TmemBackend> {
+        let mut client = Client::connect_as(addr, id, Duration::from_secs(30))?;
         let pool = client.new_pool(PoolKind::Persistent)?;
         Ok(TmemBackend {
             client,

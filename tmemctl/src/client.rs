@@ -1,9 +1,10 @@
 //! A blocking protocol client with pipelining: send many requests, then collect replies by id.
 
+use crate::secure::{self, Identity, Reader, Writer};
 use anyhow::{anyhow, bail, Context, Result};
 use protocol::{
-    flags, BatchWriter, Encoding, Header, Hello, Page, PageKey, PoolKind, Reply, Request,
-    StatsView, Status, HEADER_LEN, MAX_FRAME, PAGE_SIZE,
+    flags, BatchWriter, Encoding, Header, Page, PageKey, PoolKind, Reply, Request, StatsView,
+    Status, HEADER_LEN, MAX_FRAME, PAGE_SIZE,
 };
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -11,14 +12,16 @@ use std::time::Duration;
 
 /// One connection to an appliance, after a successful HELLO.
 pub struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: BufReader<Reader>,
+    writer: Writer,
     out: Vec<u8>,
     scratch: Vec<u8>,
     reply: Vec<u8>,
     next_id: u64,
     /// Most entries per batch the appliance accepts.
     pub max_batch: usize,
+    /// Whether the session is authenticated and encrypted.
+    pub secure: bool,
 }
 
 /// A received reply frame (payload borrowed from the client's buffer).
@@ -30,8 +33,14 @@ pub struct ReplyFrame<'a> {
 }
 
 impl Client {
-    /// Connects (bounded by `timeout`) and says HELLO as `client_id`.
+    /// Connects (bounded by `timeout`) and says HELLO as `client_id`, without a key (an appliance
+    /// run `--insecure`, or on loopback without keys).
     pub fn connect(addr: &str, client_id: u64, timeout: Duration) -> Result<Client> {
+        Client::connect_as(addr, &Identity::insecure(client_id), timeout)
+    }
+
+    /// Connects (bounded by `timeout`) and says HELLO as `id` (authenticated when it has a key).
+    pub fn connect_as(addr: &str, id: &Identity, timeout: Duration) -> Result<Client> {
         let sock = addr
             .to_socket_addrs()
             .with_context(|| format!("resolving {addr}"))?
@@ -42,25 +51,17 @@ impl Client {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        let mut client = Client {
-            reader: BufReader::with_capacity(256 * 1024, stream.try_clone()?),
-            writer: stream,
+        let (reader, writer, greeting) = secure::hello(stream, id)?;
+        Ok(Client {
+            reader: BufReader::with_capacity(256 * 1024, reader),
+            writer,
             out: Vec::with_capacity(MAX_FRAME),
             scratch: vec![0; MAX_FRAME],
             reply: Vec::with_capacity(MAX_FRAME),
             next_id: 1,
-            max_batch: protocol::MAX_BATCH,
-        };
-        let hello = Request::Hello(Hello::new(client_id));
-        let r = client.call(&hello, 0)?;
-        match r.reply {
-            Reply::Hello(h) => {
-                let max_batch = h.max_batch as usize;
-                client.max_batch = max_batch.clamp(1, protocol::MAX_BATCH);
-            }
-            other => bail!("HELLO refused: {}", describe(&other)),
-        }
-        Ok(client)
+            max_batch: (greeting.max_batch as usize).clamp(1, protocol::MAX_BATCH),
+            secure: greeting.secure,
+        })
     }
 
     /// Queues a request (sent on [`Client::flush`]); returns its request id.
@@ -197,6 +198,7 @@ fn stats_vec(view: &StatsView<'_>) -> Vec<u64> {
 pub fn decode_page(page: &Page<'_>, out: &mut [u8; PAGE_SIZE]) -> Result<()> {
     match page.encoding {
         Encoding::Raw => out.copy_from_slice(page.data),
+        Encoding::Sealed => bail!("appliance returned a sealed page this client never stored"),
         Encoding::Fill => Page::expand_fill(page.fill_word().unwrap_or_default(), out),
         Encoding::Lz4 => match lz4_flex::block::decompress_into(page.data, out) {
             Ok(PAGE_SIZE) => {}

@@ -6,19 +6,55 @@
 //! Every case uses its own client id, so it never touches another client's pages; every wait is
 //! bounded.
 
+use crate::secure::{self, Identity, Reader, Writer, KEY_LEN};
 use anyhow::{bail, ensure, Context, Result};
 use protocol::*;
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// What the checks may assume about the appliance.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
     /// The appliance's `--frame-timeout`: a peer stalling mid-frame must be dropped within it (+ slack).
     pub frame_timeout: Duration,
     /// How many idle connections to hold open at once.
     pub idle_connections: usize,
+    /// Keys for [`suite_client_ids`] when the appliance has keys (every session then
+    /// authenticated and encrypted); `None` for an appliance that serves clients without keys.
+    pub keys: Option<HashMap<u64, [u8; KEY_LEN]>>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys.
+        f.debug_struct("Options")
+            .field("frame_timeout", &self.frame_timeout)
+            .field("idle_connections", &self.idle_connections)
+            .field("keys", &self.keys.as_ref().map(|k| k.len()))
+            .finish()
+    }
+}
+
+/// Keys for every id of the suite, derived from `seed` (so a test and the appliance it starts
+/// agree on them without a file): `tmemctl check --keys-seed` and the VM tests use this.
+pub fn suite_keys(seed: u64) -> HashMap<u64, [u8; KEY_LEN]> {
+    suite_client_ids()
+        .into_iter()
+        .map(|id| {
+            let mut key = [0u8; KEY_LEN];
+            for (i, chunk) in key.chunks_mut(8).enumerate() {
+                // SplitMix64: test keys only, never for real clients (`tmemctl keygen` is).
+                let mut z =
+                    seed ^ id.rotate_left(17) ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+            }
+            (id, key)
+        })
+        .collect()
 }
 
 /// One named check.
@@ -129,29 +165,71 @@ fn client_id(case: u64) -> u64 {
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+fn connect(addr: &str) -> Result<TcpStream> {
+    let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// The client ids the suite uses (each case its own, so cases never touch each other's pages).
+pub const SUITE_CASES: u64 = 20;
+/// The id `healthy` checks use.
+const HEALTHY: u64 = 0x80;
+
+/// Every client id the suite says HELLO as: an appliance with keys needs a key for each
+/// ([`Options::keys`]).
+pub fn suite_client_ids() -> Vec<u64> {
+    (1..=SUITE_CASES).chain([HEALTHY]).map(client_id).collect()
+}
+
 struct Conn {
-    s: TcpStream,
+    reader: Reader,
+    writer: Writer,
     next: u64,
+    nonce: [u8; HELLO_NONCE_LEN],
 }
 
 impl Conn {
+    /// A connection that has not said HELLO (frames go in clear).
     fn open(addr: &str) -> Result<Conn> {
-        let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-        s.set_read_timeout(Some(IO_TIMEOUT))?;
-        s.set_write_timeout(Some(IO_TIMEOUT))?;
-        s.set_nodelay(true)?;
-        Ok(Conn { s, next: 1 })
+        let s = connect(addr)?;
+        Ok(Conn {
+            reader: Reader::Plain(s.try_clone()?),
+            writer: Writer::Plain(s),
+            next: 1,
+            nonce: [0; HELLO_NONCE_LEN],
+        })
     }
 
-    fn hello(addr: &str, client: u64) -> Result<Conn> {
-        let mut c = Conn::open(addr)?;
-        let (status, _) = c.call(&Request::Hello(Hello::new(client)), 0)?;
-        ensure!(status == Status::Ok, "HELLO: {status}");
-        Ok(c)
+    /// A connection after HELLO as `client`: authenticated with its key when the suite has keys.
+    fn hello(addr: &str, opts: &Options, client: u64) -> Result<Conn> {
+        let key = match &opts.keys {
+            Some(keys) => Some(
+                *keys
+                    .get(&client)
+                    .with_context(|| format!("no suite key for client {client:#x}"))?,
+            ),
+            None => None,
+        };
+        let (reader, writer, greeting) = secure::hello(
+            connect(addr)?,
+            &Identity {
+                client_id: client,
+                key,
+            },
+        )?;
+        Ok(Conn {
+            reader,
+            writer,
+            next: 1,
+            nonce: greeting.nonce,
+        })
     }
 
     fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        Ok(self.s.write_all(bytes)?)
+        Ok(self.writer.write_all(bytes)?)
     }
 
     /// Sends a bare header (with whatever payload length it claims, and no payload).
@@ -170,13 +248,13 @@ impl Conn {
 
     fn recv(&mut self) -> Result<(Header, Vec<u8>)> {
         let mut head = [0u8; HEADER_LEN];
-        self.s
+        self.reader
             .read_exact(&mut head)
             .context("reading a reply header")?;
         let h = Header::parse(&head).map_err(|e| anyhow::anyhow!("reply header: {e}"))?;
         ensure!(h.is_reply(), "the appliance sent a request frame");
         let mut payload = vec![0u8; h.payload_len as usize];
-        self.s.read_exact(&mut payload)?;
+        self.reader.read_exact(&mut payload)?;
         Ok((h, payload))
     }
 
@@ -223,11 +301,13 @@ impl Conn {
 
     /// True once the server closed the connection within `limit`.
     fn closed_within(&mut self, limit: Duration) -> Result<bool> {
-        self.s.set_read_timeout(Some(Duration::from_millis(250)))?;
+        self.reader
+            .tcp()
+            .set_read_timeout(Some(Duration::from_millis(250)))?;
         let mut b = [0u8; 256];
         let start = Instant::now();
         while start.elapsed() < limit {
-            match self.s.read(&mut b) {
+            match self.reader.read(&mut b) {
                 Ok(0) => return Ok(true),
                 Ok(_) => {}
                 Err(e)
@@ -275,8 +355,8 @@ fn close_pool(c: &mut Conn, pool: u32) -> Result<()> {
 }
 
 /// A well-behaved client still gets its page back, intact.
-fn healthy(addr: &str, case: u64) -> Result<()> {
-    let mut c = Conn::hello(addr, client_id(case) | 0x80)?;
+fn healthy(addr: &str, opts: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, opts, client_id(HEALTHY))?;
     let pool = c.new_pool()?;
     let data = text_page(7);
     let key = PageKey {
@@ -297,8 +377,8 @@ fn healthy(addr: &str, case: u64) -> Result<()> {
     close_pool(&mut c, pool)
 }
 
-fn round_trip(addr: &str, _: &Options) -> Result<()> {
-    let mut c = Conn::hello(addr, client_id(1))?;
+fn round_trip(addr: &str, opts: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, opts, client_id(1))?;
     let pool = c.new_pool()?;
     let pages: Vec<Vec<u8>> = (0..40u8).map(text_page).collect();
     for (i, p) in pages.iter().enumerate().take(8) {
@@ -358,7 +438,7 @@ fn round_trip(addr: &str, _: &Options) -> Result<()> {
     close_pool(&mut c, pool)
 }
 
-fn before_hello(addr: &str, _: &Options) -> Result<()> {
+fn before_hello(addr: &str, opts: &Options) -> Result<()> {
     let mut c = Conn::open(addr)?;
     c.expect(&Request::Stats, Status::NotAuthenticated)?;
     // Nothing but HELLO is decoded before HELLO: an unknown opcode gets NOT_AUTHENTICATED too.
@@ -369,14 +449,14 @@ fn before_hello(addr: &str, _: &Options) -> Result<()> {
         "unknown opcode before HELLO: status {}",
         reply.status
     );
-    healthy(addr, 2)
+    healthy(addr, opts)
 }
 
 /// docs/protocol.md: "A put to an existing key replaces the page; if that put fails, the old
 /// page is gone too". Every way a put can fail on its own bytes (CRC, LZ4, malformed page), single
 /// and batched, in persistent and ephemeral pools.
-fn failed_put_removes_old_page(addr: &str, _: &Options) -> Result<()> {
-    let mut c = Conn::hello(addr, client_id(17))?;
+fn failed_put_removes_old_page(addr: &str, opts: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, opts, client_id(17))?;
     let old = text_page(3);
     let new = text_page(4);
     let garbage = [0xffu8; 100];
@@ -453,7 +533,7 @@ fn failed_put_removes_old_page(addr: &str, _: &Options) -> Result<()> {
             .with_context(|| format!("{kind:?} stale page after a malformed put"))?;
         close_pool(&mut c, pool)?;
     }
-    healthy(addr, 17)
+    healthy(addr, opts)
 }
 
 /// Sends `requests` as one BATCH and returns each entry's status.
@@ -477,8 +557,8 @@ fn batch_statuses(c: &mut Conn, requests: &[Request<'_>]) -> Result<Vec<Status>>
     }
 }
 
-fn second_hello(addr: &str, _: &Options) -> Result<()> {
-    let mut c = Conn::hello(addr, client_id(18))?;
+fn second_hello(addr: &str, opts: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, opts, client_id(18))?;
     let pool = c.new_pool()?;
     c.expect(
         &Request::Put {
@@ -507,28 +587,28 @@ fn bad_version_range(addr: &str, _: &Options) -> Result<()> {
         .map(drop)
 }
 
-fn bad_magic(addr: &str, _: &Options) -> Result<()> {
+fn bad_magic(addr: &str, opts: &Options) -> Result<()> {
     let mut c = Conn::open(addr)?;
     c.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
     ensure!(
         c.closed_within(IO_TIMEOUT)?,
         "garbage did not close the connection"
     );
-    healthy(addr, 4)
+    healthy(addr, opts)
 }
 
-fn oversized(addr: &str, _: &Options) -> Result<()> {
-    let mut c = Conn::hello(addr, client_id(5))?;
+fn oversized(addr: &str, opts: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, opts, client_id(5))?;
     c.send_header(Opcode::PutPage as u8, 9, u32::MAX)?;
     ensure!(
         c.closed_within(IO_TIMEOUT)?,
         "an oversized frame did not close the connection"
     );
-    healthy(addr, 5)
+    healthy(addr, opts)
 }
 
-fn unknown_opcode(addr: &str, _: &Options) -> Result<()> {
-    let mut c = Conn::hello(addr, client_id(6))?;
+fn unknown_opcode(addr: &str, opts: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, opts, client_id(6))?;
     c.send_header(77, 500, 0)?;
     let (reply, message) = c.recv()?;
     ensure!(reply.request_id == 500, "reply id");
@@ -557,8 +637,8 @@ fn lz4_literals(data: &[u8]) -> Vec<u8> {
     out
 }
 
-fn malformed_payloads(addr: &str, _: &Options) -> Result<()> {
-    let mut c = Conn::hello(addr, client_id(7))?;
+fn malformed_payloads(addr: &str, opts: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, opts, client_id(7))?;
     let pool = c.new_pool()?;
     let key = PageKey {
         pool,
@@ -595,7 +675,7 @@ fn malformed_payloads(addr: &str, _: &Options) -> Result<()> {
         },
         Status::UnknownPool,
     )?;
-    let mut other = Conn::hello(addr, client_id(8))?;
+    let mut other = Conn::hello(addr, opts, client_id(8))?;
     other.expect(&Request::Get { key }, Status::UnknownPool)?;
     c.expect(
         &Request::NewPool(NewPool {
@@ -621,11 +701,11 @@ fn malformed_payloads(addr: &str, _: &Options) -> Result<()> {
     );
     c.expect(&Request::Get { key }, Status::NotFound)?;
     close_pool(&mut c, pool)?;
-    healthy(addr, 7)
+    healthy(addr, opts)
 }
 
-fn batch_errors(addr: &str, _: &Options) -> Result<()> {
-    let mut c = Conn::hello(addr, client_id(9))?;
+fn batch_errors(addr: &str, opts: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, opts, client_id(9))?;
     let pool = c.new_pool()?;
     let data = text_page(2);
     let good = raw(&data);
@@ -700,9 +780,9 @@ fn batch_errors(addr: &str, _: &Options) -> Result<()> {
     close_pool(&mut c, pool)
 }
 
-fn disconnect_mid_frame(addr: &str, _: &Options) -> Result<()> {
+fn disconnect_mid_frame(addr: &str, opts: &Options) -> Result<()> {
     let id = client_id(10);
-    let mut keeper = Conn::hello(addr, id)?;
+    let mut keeper = Conn::hello(addr, opts, id)?;
     let pool = keeper.new_pool()?;
     let data = text_page(3);
     let key = PageKey {
@@ -718,7 +798,7 @@ fn disconnect_mid_frame(addr: &str, _: &Options) -> Result<()> {
         Status::Ok,
     )?;
     for cut in [1, HEADER_LEN - 1, HEADER_LEN + 7, 1000] {
-        let mut c = Conn::hello(addr, id)?;
+        let mut c = Conn::hello(addr, opts, id)?;
         let mut buf = vec![0u8; MAX_FRAME];
         let n = Request::Put {
             key: PageKey { index: 4, ..key },
@@ -743,8 +823,8 @@ fn disconnect_mid_frame(addr: &str, _: &Options) -> Result<()> {
     close_pool(&mut keeper, pool)
 }
 
-fn reply_from_client(addr: &str, _: &Options) -> Result<()> {
-    let mut c = Conn::hello(addr, client_id(11))?;
+fn reply_from_client(addr: &str, opts: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, opts, client_id(11))?;
     let mut buf = vec![0u8; 256];
     let n = Reply::Done.emit(Opcode::PutPage as u8, 1, &mut buf)?;
     c.send_raw(&buf[..n])?;
@@ -755,17 +835,9 @@ fn reply_from_client(addr: &str, _: &Options) -> Result<()> {
     Ok(())
 }
 
-fn fresh_nonces(addr: &str, _: &Options) -> Result<()> {
-    let nonce = || -> Result<[u8; HELLO_NONCE_LEN]> {
-        let mut c = Conn::open(addr)?;
-        let (status, payload) = c.call(&Request::Hello(Hello::new(client_id(12))), 0)?;
-        ensure!(status == Status::Ok, "HELLO: {status}");
-        match Reply::parse(Opcode::Hello as u8, 0, &payload) {
-            Ok(Reply::Hello(h)) => Ok(h.nonce),
-            _ => bail!("bad HELLO reply"),
-        }
-    };
-    let (a, b) = (nonce()?, nonce()?);
+fn fresh_nonces(addr: &str, opts: &Options) -> Result<()> {
+    let a = Conn::hello(addr, opts, client_id(12))?.nonce;
+    let b = Conn::hello(addr, opts, client_id(12))?.nonce;
     ensure!(
         a != b && a != [0; HELLO_NONCE_LEN],
         "nonces repeat or are zero"
@@ -777,8 +849,8 @@ fn idle_connections(addr: &str, opts: &Options) -> Result<()> {
     let idle = (0..opts.idle_connections)
         .map(|_| TcpStream::connect(addr))
         .collect::<std::io::Result<Vec<_>>>()?;
-    healthy(addr, 13)?;
-    let mut c = Conn::hello(addr, client_id(13))?;
+    healthy(addr, opts)?;
+    let mut c = Conn::hello(addr, opts, client_id(13))?;
     let stats = c.expect(&Request::Stats, Status::Ok)?;
     let open = StatsView::parse(&stats)
         .ok()
@@ -793,11 +865,11 @@ fn idle_connections(addr: &str, opts: &Options) -> Result<()> {
 }
 
 fn stall_mid_frame(addr: &str, opts: &Options) -> Result<()> {
-    let mut staller = Conn::hello(addr, client_id(14))?;
+    let mut staller = Conn::hello(addr, opts, client_id(14))?;
     let mut buf = vec![0u8; MAX_FRAME];
     let n = Request::Stats.emit(5, 0, &mut buf)?;
     staller.send_raw(&buf[..n - 10])?;
-    healthy(addr, 14)?;
+    healthy(addr, opts)?;
     let limit = opts.frame_timeout + Duration::from_secs(5);
     ensure!(
         staller.closed_within(limit)?,
@@ -809,17 +881,18 @@ fn stall_mid_frame(addr: &str, opts: &Options) -> Result<()> {
 /// One connection keeps many puts in flight for a while; meanwhile another client's requests must
 /// still be answered promptly. The measurement starts once the flood has its window of frames in
 /// flight (not after a guessed delay) and must end while the flood is still going.
-fn busy_neighbour(addr: &str, _: &Options) -> Result<()> {
+fn busy_neighbour(addr: &str, opts: &Options) -> Result<()> {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
     use std::sync::Arc;
     /// Frames the flood keeps in flight; the measurement waits for twice as many replies.
     const WINDOW: u64 = 16;
     let addr_owned = addr.to_string();
+    let opts_owned = opts.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let replies = Arc::new(AtomicU64::new(0));
     let (stop_flood, replies_flood) = (stop.clone(), replies.clone());
     let flood = std::thread::spawn(move || -> Result<u64> {
-        let mut c = Conn::hello(&addr_owned, client_id(15))?;
+        let mut c = Conn::hello(&addr_owned, &opts_owned, client_id(15))?;
         let pool = c.new_pool()?;
         let data = text_page(9);
         let mut buf = vec![0u8; MAX_FRAME];
@@ -856,7 +929,7 @@ fn busy_neighbour(addr: &str, _: &Options) -> Result<()> {
         close_pool(&mut c, pool)?;
         Ok(done)
     });
-    let mut other = Conn::hello(addr, client_id(16))?;
+    let mut other = Conn::hello(addr, opts, client_id(16))?;
     // Wait (bounded: 10 s, 1000 polls) until the flood has had 2 x WINDOW frames answered: from
     // then on the appliance always has a window of its frames to work on.
     let start = Instant::now();

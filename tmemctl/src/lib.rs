@@ -7,4 +7,5 @@ pub mod conformance;
 pub mod corpus;
 pub mod kclient_view;
 pub mod memcached;
+pub mod secure;
 pub mod stats;

@@ -8,6 +8,7 @@ use tmemctl::bench::{run_phase, Backend, BenchConfig, Op, PhaseResult, TmemBacke
 use tmemctl::client::Client;
 use tmemctl::corpus::Corpus;
 use tmemctl::memcached::MemcachedBackend;
+use tmemctl::secure::Identity;
 use tmemctl::stats;
 
 #[derive(Parser)]
@@ -26,8 +27,19 @@ struct Cli {
         default_value = "127.0.0.1:7777"
     )]
     target: Vec<String>,
+    /// Client id to say HELLO as (decimal or 0x hex). Default: a per-process observer id.
+    #[arg(long, global = true, value_parser = parse_client_id)]
+    client_id: Option<u64>,
+    /// Keys file (the appliance's format, `CLIENT_ID KEY_HEX` lines): authenticate as
+    /// `--client-id`, or as the file's only client. The key can also come from `TMEM_KEY` (hex).
+    #[arg(long, global = true, value_name = "FILE")]
+    key_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+fn parse_client_id(s: &str) -> Result<u64, String> {
+    protocol::keyfile::parse_client_id(s).ok_or_else(|| "decimal or 0x hex".into())
 }
 
 #[derive(Subcommand)]
@@ -58,9 +70,19 @@ enum Command {
         #[arg(long, default_value = tmemctl::kclient_view::STATS_FILE)]
         stats_file: std::path::PathBuf,
     },
+    /// Make a client key: prints the line for the appliance's --keys file and the kclient
+    /// parameters (keep them secret; give each client machine its own).
+    Keygen,
     /// Run the protocol conformance and robustness checks against the appliance (uses its own
     /// client id; sends deliberately broken frames; leaves nothing behind).
     Check {
+        /// For an appliance with keys: the suite's test keys come from this seed (the appliance
+        /// must have been given the same ones: `tmemctl check --print-suite-keys SEED`).
+        #[arg(long)]
+        suite_keys_seed: Option<u64>,
+        /// Print the suite's `CLIENT_ID KEY_HEX` lines for `--suite-keys-seed` and exit.
+        #[arg(long)]
+        print_suite_keys: bool,
         /// The appliance's --frame-timeout in seconds (the stalled-peer check waits that long).
         #[arg(long, default_value_t = 30)]
         frame_timeout: u64,
@@ -112,25 +134,42 @@ enum Server {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.command {
+    match &cli.command {
         Command::Stats {
             json,
             prometheus,
             watch,
-        } => run_stats(&cli.target, json, prometheus, watch),
-        Command::Bench(args) => run_bench(&cli.target[0], &args),
+        } => run_stats(&cli.target, &identity(&cli)?, *json, *prometheus, *watch),
+        Command::Bench(args) => {
+            let id = identity(&cli)?;
+            run_bench(&cli.target[0], args, id.key.map(|_| id))
+        }
+        Command::Keygen => keygen(cli.client_id),
         Command::Client {
             json,
             watch,
             stats_file,
-        } => run_client_view(json, watch, &stats_file),
+        } => run_client_view(*json, *watch, stats_file),
         Command::Check {
             frame_timeout,
             idle_connections,
+            suite_keys_seed,
+            print_suite_keys,
         } => {
+            let keys = suite_keys_seed.map(tmemctl::conformance::suite_keys);
+            if *print_suite_keys {
+                let keys = keys.context("--print-suite-keys needs --suite-keys-seed")?;
+                let mut ids: Vec<_> = keys.keys().copied().collect();
+                ids.sort();
+                for id in ids {
+                    println!("{id:#x} {}", hex::encode(keys[&id]));
+                }
+                return Ok(());
+            }
             let opts = tmemctl::conformance::Options {
-                frame_timeout: Duration::from_secs(frame_timeout),
-                idle_connections,
+                frame_timeout: Duration::from_secs(*frame_timeout),
+                idle_connections: *idle_connections,
+                keys,
             };
             for t in &cli.target {
                 println!("checking {t}");
@@ -144,8 +183,62 @@ fn main() -> Result<()> {
     }
 }
 
-fn fetch_stats(target: &str) -> Result<Vec<u64>> {
-    Client::connect(target, stats_client_id(), Duration::from_secs(5))?.stats()
+fn fetch_stats(target: &str, id: &Identity) -> Result<Vec<u64>> {
+    Client::connect_as(target, id, Duration::from_secs(5))?.stats()
+}
+
+/// Who to say HELLO as: `--client-id` (default an observer id) with the key from `--key-file`
+/// or `TMEM_KEY`, if any.
+fn identity(cli: &Cli) -> Result<Identity> {
+    let from_env = std::env::var("TMEM_KEY").ok();
+    let (id, key) = match (&cli.key_file, from_env) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading keys file {}", path.display()))?;
+            let mut found = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                if let Some(entry) = protocol::keyfile::parse_line(line)
+                    .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), n + 1))?
+                {
+                    found.push(entry);
+                }
+            }
+            let entry = match cli.client_id {
+                Some(id) => found
+                    .into_iter()
+                    .find(|(i, _)| *i == id)
+                    .with_context(|| format!("{}: no key for client {id:#x}", path.display()))?,
+                None if found.len() == 1 => found[0],
+                None => bail!(
+                    "{} has {} keys: say which client with --client-id",
+                    path.display(),
+                    found.len()
+                ),
+            };
+            (entry.0, Some(entry.1))
+        }
+        (None, Some(hex)) => {
+            let key =
+                protocol::keyfile::parse_key_hex(hex.trim()).context("TMEM_KEY: 64 hex digits")?;
+            let id = cli.client_id.context("TMEM_KEY needs --client-id")?;
+            (id, Some(key))
+        }
+        (None, None) => (cli.client_id.unwrap_or_else(stats_client_id), None),
+    };
+    Ok(Identity { client_id: id, key })
+}
+
+fn keygen(client_id: Option<u64>) -> Result<()> {
+    let id = match client_id {
+        Some(id) => id,
+        None => u64::from_le_bytes(tmemctl::secure::random_key()?[..8].try_into()?) | 1,
+    };
+    let key = hex::encode(tmemctl::secure::random_key()?);
+    println!("# appliance: add this line to its --keys file (or pass --key {id:#x}:{key})");
+    println!("{id:#x} {key}");
+    println!("# client: load kclient with");
+    println!("#   client_id={id:#x} key={key}");
+    Ok(())
 }
 
 /// Observers use their own client id, so they never see or touch another client's pools.
@@ -153,7 +246,13 @@ fn stats_client_id() -> u64 {
     0x7374_6174_7300_0000 | std::process::id() as u64
 }
 
-fn run_stats(targets: &[String], json: bool, prometheus: bool, watch: Option<u64>) -> Result<()> {
+fn run_stats(
+    targets: &[String],
+    id: &Identity,
+    json: bool,
+    prometheus: bool,
+    watch: Option<u64>,
+) -> Result<()> {
     // --watch is bounded too: at most a day of refreshes.
     let rounds = if watch.is_some() { 86_400 } else { 1 };
     for round in 0..rounds {
@@ -163,7 +262,7 @@ fn run_stats(targets: &[String], json: bool, prometheus: bool, watch: Option<u64
             print!("\x1b[2J\x1b[H");
         }
         for t in targets {
-            match fetch_stats(t) {
+            match fetch_stats(t, id) {
                 Ok(v) if json => docs.push(stats::json(t, &v)),
                 Ok(v) if prometheus => print!("{}", stats::prometheus(t, &v)),
                 Ok(v) => print!("{}", stats::table(t, &v)),
@@ -231,7 +330,9 @@ fn load_corpus(spec: &str, pages: u64) -> Result<Corpus> {
     }
 }
 
-fn run_bench(target: &str, a: &BenchArgs) -> Result<()> {
+/// `keyed`: the identity every connection authenticates as (each its own pool); without it each
+/// connection uses its own id, unauthenticated.
+fn run_bench(target: &str, a: &BenchArgs, keyed: Option<Identity>) -> Result<()> {
     if a.pages == 0 || a.threads == 0 || a.depth == 0 || a.batch == 0 {
         bail!("--pages, --threads, --depth and --batch must be at least 1");
     }
@@ -256,11 +357,17 @@ fn run_bench(target: &str, a: &BenchArgs) -> Result<()> {
     match a.server {
         Server::Tmem => {
             let run_id = std::process::id() as u64;
+            let id_for = |t: usize| {
+                keyed
+                    .clone()
+                    .unwrap_or_else(|| Identity::insecure((run_id << 16) | t as u64))
+            };
             let backends = (0..a.threads)
-                .map(|t| TmemBackend::connect(target, (run_id << 16) | t as u64, a.client_lz4))
+                .map(|t| TmemBackend::connect(target, &id_for(t), a.client_lz4))
                 .collect::<Result<Vec<_>>>()?;
+            let observer = id_for(0xffff);
             bench_with(backends, &corpus, &cfg, a, || {
-                let v = fetch_stats(target)?;
+                let v = fetch_stats(target, &observer)?;
                 Ok(stats::derived(&v)
                     .into_iter()
                     .chain(stats::named(&v).into_iter().map(|(k, v)| (k, v as f64)))

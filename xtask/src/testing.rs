@@ -93,7 +93,7 @@ pub struct FuzzArgs {
 }
 
 /// Fuzz targets in `fuzz/` (libFuzzer through cargo-fuzz, on the nightly toolchain).
-const FUZZ_TARGETS: [&str; 2] = ["decode", "session"];
+const FUZZ_TARGETS: [&str; 3] = ["decode", "session", "secure"];
 
 /// Runs every fuzz target for a bounded time; a crash fails with the reproducer's path.
 pub fn fuzz(args: &FuzzArgs) -> Result<()> {
