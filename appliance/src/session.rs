@@ -160,7 +160,7 @@ impl Session {
         if hello.min_version > v || hello.max_version < v {
             return Err(Status::UnsupportedVersion);
         }
-        let client = format_args!("{:#x}", hello.client_id);
+        let client = ClientId(hello.client_id);
         let mut limits = [0u8; MSG2_PAYLOAD_LEN];
         limits[0..2].copy_from_slice(&v.to_le_bytes());
         limits[2..4].copy_from_slice(&(MAX_BATCH as u16).to_le_bytes());
@@ -326,6 +326,15 @@ impl Session {
                 data: &page[..len],
             }),
         }
+    }
+}
+
+/// A client id in log lines (hex, as operators write it in keys files).
+struct ClientId(u64);
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}", self.0)
     }
 }
 
