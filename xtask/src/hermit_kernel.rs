@@ -12,8 +12,9 @@
 //!    symbols would otherwise clash with the application's std,
 //! 4. mark every archive member as a Hermit object (ELF OS/ABI byte `0xff`).
 //!
-//! Everything lands in `~/.cache/tmem/hermit/` keyed by kernel version, feature set and the
-//! contents of `images/hermit/patches/`, so a second `cargo xtask image` reuses it.
+//! Everything lands in `~/.cache/tmem/hermit/` keyed by kernel version, feature set, the contents of
+//! `images/hermit/patches/`, the exact nightly, the build flags and the post-processing rules
+//! (see `library_key`), so a second `cargo xtask image` reuses it and any change rebuilds it.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -24,6 +25,7 @@ use anyhow::{bail, ensure, Context, Result};
 use object::read::archive::ArchiveFile;
 use object::{Object, ObjectSymbol};
 
+use crate::cache_key::{fnv1a64, tool_output};
 use crate::hermit_tools::{self, step};
 use crate::paths;
 
@@ -46,13 +48,48 @@ const HIDE_PREFIX: &str = "tmem_hermit_kernel.";
 const EI_OSABI: usize = 7;
 const ELFOSABI_HERMIT: u8 = 0xff;
 
+/// `RUSTFLAGS` of the kernel build: upstream builds the kernel with this flag (mutable-noalias
+/// miscompiles its page tables).
+const KERNEL_RUSTFLAGS: &str = "-Zmutable-noalias=no";
+/// The target and std build of the kernel library.
+const KERNEL_TARGET: &str = "x86_64-unknown-none";
+const KERNEL_BUILD_STD: [&str; 2] = [
+    "-Zbuild-std=core,alloc",
+    "-Zbuild-std-features=compiler-builtins-mem",
+];
+/// Bump when [`postprocess_archive`] changes in a way its constants above do not show.
+const POSTPROCESS_VERSION: u32 = 1;
+
+/// Hash of everything that changes `libhermit.a`: kernel version, features, patches, the exact
+/// nightly (`rustc -vV`, which names its commit and LLVM; `llvm-objcopy` comes with it), the
+/// flags and build arguments, and the symbol-renaming and OS/ABI rules of the post-processing.
+fn library_key() -> Result<u64> {
+    let rustc = tool_output(
+        hermit_tools::clean_cargo_env(Command::new("rustc"))
+            .arg(format!("+{}", hermit_tools::NIGHTLY))
+            .arg("-vV"),
+    )?;
+    let rules = format!(
+        "keep {KEEP_EXACT:?} prefix {KEEP_PREFIX} hide {HIDE_PREFIX} osabi {EI_OSABI}={ELFOSABI_HERMIT} v{POSTPROCESS_VERSION}"
+    );
+    let build = format!(
+        "{KERNEL_RUSTFLAGS} {KERNEL_TARGET} {} release locked",
+        KERNEL_BUILD_STD.join(" ")
+    );
+    Ok(fnv1a64(&[
+        KERNEL_VERSION.as_bytes(),
+        KERNEL_FEATURES.join(",").as_bytes(),
+        hermit_tools::patches_tag()?.as_bytes(),
+        hermit_tools::NIGHTLY.as_bytes(),
+        rustc.as_bytes(),
+        build.as_bytes(),
+        rules.as_bytes(),
+    ]))
+}
+
 /// Returns the directory that holds the post-processed `libhermit.a`, building it if needed.
 pub fn ensure_libhermit(jobs: usize) -> Result<PathBuf> {
-    let key = format!(
-        "libhermit-{KERNEL_VERSION}-{}-{}",
-        KERNEL_FEATURES.join("+"),
-        hermit_tools::patches_tag()?
-    );
+    let key = format!("libhermit-{KERNEL_VERSION}-{:016x}", library_key()?);
     let out_dir = hermit_cache().join(key);
     let lib = out_dir.join("libhermit.a");
     if lib.is_file() {
@@ -147,19 +184,9 @@ fn build_kernel(src: &Path, jobs: usize) -> Result<PathBuf> {
     let target_dir = hermit_cache().join("kernel-target");
     let status = hermit_tools::nightly_cargo()
         .current_dir(src)
-        // Upstream builds the kernel with this flag (mutable-noalias miscompiles its page tables).
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Zmutable-noalias=no")
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            "x86_64-unknown-none",
-        ])
-        .args([
-            "-Zbuild-std=core,alloc",
-            "-Zbuild-std-features=compiler-builtins-mem",
-        ])
+        .env("CARGO_ENCODED_RUSTFLAGS", KERNEL_RUSTFLAGS)
+        .args(["build", "--release", "--locked", "--target", KERNEL_TARGET])
+        .args(KERNEL_BUILD_STD)
         .args([
             "--no-default-features",
             "--features",
@@ -171,7 +198,7 @@ fn build_kernel(src: &Path, jobs: usize) -> Result<PathBuf> {
         .status()
         .context("running cargo build for the kernel")?;
     ensure!(status.success(), "kernel build failed");
-    Ok(target_dir.join("x86_64-unknown-none/release/libhermit.a"))
+    Ok(target_dir.join(KERNEL_TARGET).join("release/libhermit.a"))
 }
 
 /// Renames the kernel's internal symbols and stamps the Hermit OS/ABI into every member.

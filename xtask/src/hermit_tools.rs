@@ -126,14 +126,19 @@ pub fn patches_tag() -> Result<String> {
     if patches.is_empty() {
         return Ok("unpatched".to_owned());
     }
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut parts: Vec<Vec<u8>> = Vec::new();
     for patch in &patches {
-        let name = patch.file_name().unwrap_or_default().as_encoded_bytes();
-        for byte in name.iter().chain(&std::fs::read(patch)?) {
-            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
-        }
+        parts.push(
+            patch
+                .file_name()
+                .unwrap_or_default()
+                .as_encoded_bytes()
+                .to_vec(),
+        );
+        parts.push(std::fs::read(patch)?);
     }
-    Ok(format!("p{:08x}", hash as u32))
+    let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    Ok(format!("p{:08x}", crate::cache_key::fnv1a64(&parts) as u32))
 }
 
 /// Applies [`patches`] to the fetched kernel source.

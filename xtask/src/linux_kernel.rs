@@ -13,8 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 
+use crate::cache_key::{fnv1a64, tool_output};
 use crate::paths;
 
 // Kept at their old path for the modules that import them from here.
@@ -212,21 +213,6 @@ fn ensure_source(linux_cache: &Path, version: &str) -> Result<PathBuf> {
     Ok(src)
 }
 
-/// 64-bit FNV-1a: a stable, dependency-free content hash for cache keys (not for security).
-pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for &byte in *part {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        // Separate parts so ("ab", "c") and ("a", "bc") differ.
-        hash ^= 0xff;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
 /// Which client kernel: the normal one, or the debug one (lockdep, KASAN, atomic-sleep checks) that
 /// `images/linux/kclient-debug.config` adds on top of the normal fragment.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -255,21 +241,15 @@ impl Flavor {
     }
 }
 
-/// The first line of `cmd --version` (or the whole output of `args`), for cache keys.
+/// `program args` run with the pinned toolchain and cargo's bin dir on PATH (as the kernel build
+/// runs it): its output, for the cache key.
 fn tool_version(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .env("RUSTUP_TOOLCHAIN", RUST_TOOLCHAIN)
-        .env("PATH", path_with_cargo_bin())
-        .output()
-        .with_context(|| format!("running {program} {}", args.join(" ")))?;
-    ensure!(
-        out.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    tool_output(
+        Command::new(program)
+            .args(args)
+            .env("RUSTUP_TOOLCHAIN", RUST_TOOLCHAIN)
+            .env("PATH", path_with_cargo_bin()),
+    )
 }
 
 /// Everything outside the source and the config that changes the kernel's objects: the exact
