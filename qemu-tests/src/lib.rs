@@ -15,6 +15,7 @@ pub mod artefacts;
 pub mod evil_appliance;
 pub mod linux_vm;
 pub mod netns;
+pub mod poll;
 pub mod process;
 
 use std::fs::File;
@@ -29,6 +30,7 @@ pub use artefacts::{
     hermit_image, images_dir, locate_workspace_binary, on_path, workspace_binary, workspace_root,
     HermitImage,
 };
+pub use poll::poll;
 pub use process::{key_values, run_bounded, ChildGuard, Finished};
 
 /// Whether this process runs as root (effective uid 0): needed for namespaces and tap devices, and
@@ -51,21 +53,25 @@ pub fn free_port() -> u16 {
 pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let deadline = Instant::now() + timeout;
     let mut last_err = io::Error::new(io::ErrorKind::TimedOut, "no attempt made");
-    for _ in 0..10_000 {
+    let connected = poll(timeout, Duration::from_millis(50), || {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
+        match TcpStream::connect_timeout(
+            &addr,
+            left.clamp(Duration::from_millis(1), Duration::from_secs(1)),
+        ) {
+            Ok(stream) => Ok(Some(stream)),
+            Err(e) => {
+                last_err = e;
+                Ok(None)
+            }
         }
-        match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(1))) {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last_err = e,
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(io::Error::new(
-        io::ErrorKind::TimedOut,
-        format!("{addr} not reachable within {timeout:?}: {last_err}"),
-    ))
+    })?;
+    connected.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{addr} not reachable within {timeout:?}: {last_err}"),
+        )
+    })
 }
 
 /// A running QEMU VM. Dropping it kills the VM (also during a panic) and reaps the process
@@ -110,7 +116,8 @@ impl Qemu {
     }
 
     /// Boots the appliance image (see [`Qemu::boot_hermit`]) listening on `0.0.0.0:PORT` with a
-    /// free `PORT`, then waits (bounded by `timeout`) for its "listening" line and the forwarded
+    /// free `PORT`, serving clients without keys (`--insecure`: only QEMU's forward from
+    /// 127.0.0.1 reaches that address), then waits (bounded by `timeout`) for its "listening" line and the forwarded
     /// port. Returns the VM and the host address `127.0.0.1:PORT`.
     pub fn boot_hermit_appliance(
         name: &str,
@@ -121,7 +128,7 @@ impl Qemu {
     ) -> io::Result<(Qemu, SocketAddr)> {
         let port = free_port();
         let listen = format!("0.0.0.0:{port}");
-        let mut args = vec!["--listen", listen.as_str()];
+        let mut args = vec!["--listen", listen.as_str(), "--insecure"];
         args.extend_from_slice(app_args);
         let mut vm = Qemu::boot_hermit(name, image, memory, port, &args)?;
         let start = Instant::now();
@@ -152,31 +159,29 @@ impl Qemu {
     /// Fails early if the VM exits.
     pub fn wait_for_output(&mut self, needle: &str, timeout: Duration) -> io::Result<Duration> {
         let start = Instant::now();
-        let max_polls = timeout.as_millis() / 20 + 1;
-        for _ in 0..max_polls {
+        let seen = poll(timeout, Duration::from_millis(20), || {
             if self.output().contains(needle) {
-                return Ok(start.elapsed());
+                return Ok(Some(start.elapsed()));
             }
-            if let Some(status) = self.child.try_wait()? {
-                return Err(io::Error::other(format!(
+            match self.child.try_wait()? {
+                Some(status) => Err(io::Error::other(format!(
                     "QEMU exited ({status}) before printing {needle:?}; log {}:\n{}",
                     self.log.display(),
                     self.output()
-                )));
+                ))),
+                None => Ok(None),
             }
-            if start.elapsed() >= timeout {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!(
-                "no {needle:?} within {timeout:?}; log {}:\n{}",
-                self.log.display(),
-                self.output()
-            ),
-        ))
+        })?;
+        seen.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no {needle:?} within {timeout:?}; log {}:\n{}",
+                    self.log.display(),
+                    self.output()
+                ),
+            )
+        })
     }
 
     /// Whether the VM is still running.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -127,6 +127,11 @@ impl Appliance {
         let mut cmd = Command::new(binary);
         cmd.args(["--listen", &format!("{host}:{port}"), "--memory", memory])
             .args(["--log-level", "warn"]);
+        if netns.is_some() {
+            // Not loopback, so clients without keys (kclient) need it said by name; only the
+            // namespace made for the run reaches that address.
+            cmd.arg("--insecure");
+        }
         let mut child = ChildGuard::new(
             NetNs::command_in(netns, cmd)
                 .stdin(Stdio::null())
@@ -214,14 +219,10 @@ pub fn num(result: &HashMap<String, String>, key: &str) -> Option<i64> {
 
 /// Waits (bounded) until the VM has exited; returns whether it did.
 pub fn wait_exit(vm: &mut Qemu, timeout: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if !vm.is_running() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
+    crate::poll(timeout, Duration::from_millis(100), || {
+        Ok((!vm.is_running()).then_some(()))
+    })
+    .is_ok_and(|exited| exited.is_some())
 }
 
 /// Kernel warnings, oopses and hangs in a console log.

@@ -12,7 +12,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A network namespace made for this process; deleted on drop.
 pub struct NetNs {
@@ -121,9 +121,8 @@ impl NetNs {
     /// Waits (bounded in time and attempts) until something inside the namespace accepts TCP
     /// connections on [`Self::HOST`]:`port`.
     pub fn wait_for_port(&self, port: u16, timeout: Duration) -> io::Result<()> {
-        let deadline = Instant::now() + timeout;
         let probe = format!("exec 3<>/dev/tcp/{}/{port}", Self::HOST);
-        for _ in 0..1000 {
+        let open = crate::poll(timeout, Duration::from_millis(100), || {
             let mut cmd = Command::new("timeout");
             cmd.args(["2", "bash", "-c", &probe]);
             let ok = self
@@ -132,22 +131,18 @@ impl NetNs {
                 .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());
-            if ok {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!(
-                "nothing listening on {}:{port} in {} within {timeout:?}",
-                Self::HOST,
-                self.name
-            ),
-        ))
+            Ok(ok.then_some(()))
+        })?;
+        open.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "nothing listening on {}:{port} in {} within {timeout:?}",
+                    Self::HOST,
+                    self.name
+                ),
+            )
+        })
     }
 }
 
@@ -196,6 +191,7 @@ fn ip(args: &[&str]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn namespace_has_the_tap_address_and_is_deleted_on_drop() {

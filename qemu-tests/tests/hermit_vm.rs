@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use qemu_tests::{hermit_image, run_bounded, workspace_binary, Qemu};
 use tmemctl::bench::{run_phase, BenchConfig, Op, TmemBackend};
 use tmemctl::corpus::Corpus;
+use tmemctl::secure::Identity;
 
 /// Boot to "listening" takes ~1 s under TCG on an idle machine; the machines are shared and busy.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -59,7 +60,7 @@ fn boot_with_tmemctl(
 /// `threads` client-LZ4 bench connections to `addr`, client ids `first_client`, `first_client + 1`...
 fn connect_lz4(addr: &str, first_client: u64, threads: usize) -> Vec<TmemBackend> {
     (0..threads as u64)
-        .map(|t| TmemBackend::connect(addr, first_client + t, true))
+        .map(|t| TmemBackend::connect(addr, &Identity::insecure(first_client + t), true))
         .collect::<anyhow::Result<Vec<_>>>()
         .expect("connect")
 }
@@ -133,6 +134,7 @@ fn hermit_passes_the_conformance_suite() {
     let opts = tmemctl::conformance::Options {
         frame_timeout,
         idle_connections: 64,
+        keys: None,
     };
     let start = Instant::now();
     let result = tmemctl::conformance::run_all(&addr.to_string(), &opts, |name, r| match r {

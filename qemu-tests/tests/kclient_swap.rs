@@ -20,7 +20,7 @@ use qemu_tests::linux_vm::{
     appliance_binary, boot_client, client_image, kernel_problems, kernel_problems_ignoring, num,
     parse_result, wait_exit, Appliance,
 };
-use qemu_tests::Qemu;
+use qemu_tests::{poll, Qemu};
 
 const VM_MEMORY: &str = "256M";
 const VM_CPUS: u32 = 2;
@@ -124,37 +124,35 @@ const PAGES_BEFORE_DISTURBING: u64 = 2048;
 /// count it saw.
 fn wait_for_stored_pages(vm: &mut Qemu, port: u16, min_pages: u64, timeout: Duration) -> u64 {
     let addr = format!("127.0.0.1:{port}");
-    let start = Instant::now();
-    let mut last = None;
-    for _ in 0..(timeout.as_millis() / 250 + 1) {
+    let mut last = String::from("no answer");
+    let held = poll(timeout, Duration::from_millis(250), || {
         // A client id of its own: the STATS connection never touches the guest's pools.
-        let stats = tmemctl::client::Client::connect(&addr, 0x7374_6174, Duration::from_secs(5))
-            .and_then(|mut c| c.stats());
-        match stats {
+        match tmemctl::client::Client::connect(&addr, 0x7374_6174, Duration::from_secs(5))
+            .and_then(|mut c| c.stats())
+        {
             Ok(v) => {
                 let pages = v.get(StatId::Pages as usize).copied().unwrap_or(0);
                 if pages >= min_pages {
-                    return pages;
+                    return Ok(Some(pages));
                 }
-                last = Some(format!("{pages} pages"));
+                last = format!("{pages} pages");
             }
-            Err(e) => last = Some(format!("{e:#}")),
+            Err(e) => last = format!("{e:#}"),
         }
-        assert!(
-            vm.is_running(),
-            "the VM stopped before the appliance held {min_pages} pages; log {}",
+        if vm.is_running() {
+            Ok(None)
+        } else {
+            Err(std::io::Error::other("the VM stopped"))
+        }
+    });
+    match held {
+        Ok(Some(pages)) => pages,
+        other => panic!(
+            "the appliance did not hold {min_pages} pages within {timeout:?} ({:?}; last: {last}); log {}",
+            other.err(),
             vm.log_path().display()
-        );
-        if start.elapsed() >= timeout {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
+        ),
     }
-    panic!(
-        "the appliance did not hold {min_pages} pages within {timeout:?} (last: {}); log {}",
-        last.unwrap_or_default(),
-        vm.log_path().display()
-    );
 }
 
 /// What a disturbed run reported, after the checks every disturbance test shares passed.

@@ -95,9 +95,11 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         &hermit,
         &args.appliance_memory,
         port,
+        // kclient has no keys: the VM is reached only through QEMU's forward from 127.0.0.1.
         &[
             "--listen",
             &listen,
+            "--insecure",
             "--memory",
             &store,
             "--log-level",

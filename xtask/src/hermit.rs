@@ -60,7 +60,7 @@ pub struct RunArgs {
     /// Extra Hermit kernel argument placed before `--` (repeatable), e.g. `-freq 2400`.
     #[arg(long = "kernel-arg", value_name = "ARG", allow_hyphen_values = true)]
     kernel_args: Vec<String>,
-    /// Arguments for the appliance (replace the defaults `--listen 0.0.0.0:PORT --memory STORE`).
+    /// Arguments for the appliance (replace the defaults `--listen 0.0.0.0:PORT --insecure --memory STORE`).
     #[arg(last = true)]
     app_args: Vec<String>,
 }
@@ -256,6 +256,8 @@ pub fn run_appliance(args: &RunArgs) -> Result<()> {
         vec![
             "--listen".to_owned(),
             format!("0.0.0.0:{}", args.port),
+            // Only QEMU's forward from 127.0.0.1 reaches the VM; clients without keys welcome.
+            "--insecure".to_owned(),
             "--memory".to_owned(),
             store,
         ]

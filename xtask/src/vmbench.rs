@@ -176,6 +176,8 @@ pub fn hermit_vs_linux(args: &VmBenchArgs) -> Result<String> {
             let app_args = [
                 "--listen".to_string(),
                 format!("0.0.0.0:{port}"),
+                // tmemctl without keys; only QEMU's forward from 127.0.0.1 reaches the VM.
+                "--insecure".to_string(),
                 "--memory".to_string(),
                 args.store.clone(),
                 "--log-level".to_string(),

@@ -102,9 +102,11 @@ pub(super) fn run_backend(
                 HERMIT_VM_MEMORY,
                 server_host,
                 port,
+                // kclient has no keys; only the run's own network reaches the VM.
                 &[
                     "--listen",
                     &listen,
+                    "--insecure",
                     "--memory",
                     HERMIT_STORE,
                     "--log-level",
