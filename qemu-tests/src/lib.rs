@@ -30,7 +30,7 @@ pub use artefacts::{
     hermit_image, images_dir, locate_workspace_binary, on_path, workspace_binary, workspace_root,
     HermitImage,
 };
-pub use poll::poll;
+pub use poll::{poll, timed_out};
 pub use process::{key_values, run_bounded, ChildGuard, Finished};
 
 /// Whether this process runs as root (effective uid 0): needed for namespaces and tap devices, and
@@ -67,10 +67,9 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStrea
         }
     })?;
     connected.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("{addr} not reachable within {timeout:?}: {last_err}"),
-        )
+        timed_out(format!(
+            "{addr} not reachable within {timeout:?}: {last_err}"
+        ))
     })
 }
 
@@ -173,14 +172,11 @@ impl Qemu {
             }
         })?;
         seen.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "no {needle:?} within {timeout:?}; log {}:\n{}",
-                    self.log.display(),
-                    self.output()
-                ),
-            )
+            timed_out(format!(
+                "no {needle:?} within {timeout:?}; log {}:\n{}",
+                self.log.display(),
+                self.output()
+            ))
         })
     }
 

@@ -134,14 +134,11 @@ impl NetNs {
             Ok(ok.then_some(()))
         })?;
         open.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "nothing listening on {}:{port} in {} within {timeout:?}",
-                    Self::HOST,
-                    self.name
-                ),
-            )
+            crate::timed_out(format!(
+                "nothing listening on {}:{port} in {} within {timeout:?}",
+                Self::HOST,
+                self.name
+            ))
         })
     }
 }

@@ -26,6 +26,11 @@ pub fn poll<T>(
     Ok(None)
 }
 
+/// The error of a [`poll`] that ran out of time: `TimedOut`, saying what did not happen.
+pub fn timed_out(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, what)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
