@@ -58,20 +58,28 @@ pub(crate) enum Status {
     NotSupported,
 }
 
+/// `BLK_STS_*` values bindgen cannot see (`include/linux/blk_types.h` defines them as casts).
+/// `kclient_helpers.c` checks each against the kernel's macro at compile time (`static_assert`),
+/// so a kernel that changes one fails to build this module instead of misreporting errors.
+const BLK_STS_NOTSUPP: u8 = 1;
+const BLK_STS_TIMEOUT: u8 = 2;
+const BLK_STS_NOSPC: u8 = 3;
+const BLK_STS_IOERR: u8 = 10;
+
 impl Status {
     fn raw(self) -> u8 {
-        // Values of BLK_STS_* in include/linux/blk_types.h.
         match self {
-            Status::Ok => 0,
-            Status::NotSupported => 1,
-            Status::Timeout => 2,
-            Status::NoSpace => 3,
-            Status::IoErr => 10,
+            Status::Ok => bindings::BLK_STS_OK as u8,
+            Status::NotSupported => BLK_STS_NOTSUPP,
+            Status::Timeout => BLK_STS_TIMEOUT,
+            Status::NoSpace => BLK_STS_NOSPC,
+            Status::IoErr => BLK_STS_IOERR,
         }
     }
 }
 
-const REQ_OP_MASK: u32 = 0xff;
+/// `REQ_OP_MASK` (a cast macro bindgen skips), from `REQ_OP_BITS` (which it sees).
+const REQ_OP_MASK: u32 = (1 << bindings::REQ_OP_BITS) - 1;
 const USERS_MASK: u64 = 0x3fff_ffff;
 const DONE: u64 = 1 << 30;
 const ACTIVE: u64 = 1 << 31;
@@ -141,10 +149,10 @@ impl Inflight<'_> {
 
     pub(crate) fn op(&self) -> Op {
         match self.raw().cmd_flags & REQ_OP_MASK {
-            0 => Op::Read,
-            1 => Op::Write,
-            2 => Op::Flush,
-            3 => Op::Discard,
+            bindings::req_op_REQ_OP_READ => Op::Read,
+            bindings::req_op_REQ_OP_WRITE => Op::Write,
+            bindings::req_op_REQ_OP_FLUSH => Op::Flush,
+            bindings::req_op_REQ_OP_DISCARD => Op::Discard,
             other => Op::Other(other),
         }
     }
@@ -332,7 +340,9 @@ impl<T: Driver> TagSet<T> {
             ..unsafe { core::mem::zeroed() }
         };
         let ops = KBox::into_raw(KBox::new(ops, GFP_KERNEL)?);
-        // SAFETY: `blk_mq_tag_set` holds integers and pointers for which zero is valid.
+        // SAFETY: `blk_mq_tag_set` is a C struct of integers, pointers, a mutex and a list head:
+        // all-zero bytes are a valid value, and `blk_mq_alloc_tag_set` (on the boxed copy below,
+        // which never moves again) initialises the lock and the list.
         let mut set: bindings::blk_mq_tag_set = unsafe { core::mem::zeroed() };
         set.ops = ops;
         set.nr_hw_queues = nr_hw_queues;
@@ -430,10 +440,15 @@ fn try_acquire(pdu: &Pdu, gen: Option<u32>) -> Option<()> {
     }
 }
 
+/// # Safety
+///
+/// Called by `blk_mq_tagset_busy_iter` for a started request `rq` of our tag set, with the `data`
+/// that [`TagSet::for_each_inflight`] passed.
 unsafe extern "C" fn busy_iter_cb(rq: *mut bindings::request, data: *mut c_void) -> bool {
     // SAFETY: `data` is the `&mut &mut dyn FnMut` passed by `for_each_inflight`, alive for the call.
     let f = unsafe { &mut *data.cast::<&mut dyn FnMut(Inflight<'_>)>() };
-    // SAFETY: blk-mq passes started requests of our tag set; see `TagSet::acquire`.
+    // SAFETY: blk-mq passes started requests of our tag set, each carrying the `Pdu` written by
+    // `init_request_cb`.
     let pdu = unsafe { &*bindings::blk_mq_rq_to_pdu(rq).cast::<Pdu>() };
     if try_acquire(pdu, None).is_some() {
         if let Some(rq) = NonNull::new(rq) {
@@ -446,6 +461,10 @@ unsafe extern "C" fn busy_iter_cb(rq: *mut bindings::request, data: *mut c_void)
     true
 }
 
+/// # Safety
+///
+/// Called by blk-mq for a newly allocated request `rq` of our tag set, with `cmd_size` bytes of
+/// driver data after it.
 unsafe extern "C" fn init_request_cb(
     _set: *mut bindings::blk_mq_tag_set,
     rq: *mut bindings::request,
@@ -467,6 +486,9 @@ unsafe extern "C" fn init_request_cb(
     0
 }
 
+/// # Safety
+///
+/// Called by blk-mq with a valid `hctx` of a disk of our tag set and the tag set's `driver_data`.
 unsafe extern "C" fn init_hctx_cb(
     hctx: *mut bindings::blk_mq_hw_ctx,
     data: *mut c_void,
@@ -477,6 +499,10 @@ unsafe extern "C" fn init_hctx_cb(
     0
 }
 
+/// # Safety
+///
+/// Called by blk-mq with a valid `hctx` (set up by [`init_hctx_cb`], so its `driver_data` is the
+/// `T` of the disk) and queue data holding a request of our tag set that is not started yet.
 unsafe extern "C" fn queue_rq_cb<T: Driver>(
     hctx: *mut bindings::blk_mq_hw_ctx,
     bd: *const bindings::blk_mq_queue_data,
@@ -493,7 +519,8 @@ unsafe extern "C" fn queue_rq_cb<T: Driver>(
     let Some(rq) = NonNull::new(rq) else {
         return Status::IoErr.raw();
     };
-    // SAFETY: see `TagSet::acquire`.
+    // SAFETY: `rq` is a request of our tag set, so `cmd_size` bytes after it hold the `Pdu`
+    // written by `init_request_cb`, alive as long as the tag set.
     let pdu = unsafe { &*bindings::blk_mq_rq_to_pdu(rq.as_ptr()).cast::<Pdu>() };
     pdu.remaining.store(0, Ordering::Relaxed);
     pdu.reset_parts(0);
@@ -519,8 +546,12 @@ unsafe extern "C" fn queue_rq_cb<T: Driver>(
     Status::Ok.raw()
 }
 
+/// # Safety
+///
+/// Called by blk-mq, once, for a request of our tag set completed with `blk_mq_complete_request`.
 unsafe extern "C" fn complete_cb(rq: *mut bindings::request) {
-    // SAFETY: blk-mq passes a request of our tag set (see `TagSet::acquire`).
+    // SAFETY: blk-mq passes a request of our tag set, which carries the `Pdu` written by
+    // `init_request_cb`.
     let pdu = unsafe { &*bindings::blk_mq_rq_to_pdu(rq).cast::<Pdu>() };
     let status = pdu.status.load(Ordering::Acquire) as bindings::blk_status_t;
     crate::stats::record_latency(now_ns().saturating_sub(pdu.start_ns.load(Ordering::Relaxed)));
@@ -531,6 +562,10 @@ unsafe extern "C" fn complete_cb(rq: *mut bindings::request) {
     unsafe { bindings::blk_mq_end_request(rq, status) };
 }
 
+/// # Safety
+///
+/// Called by blk-mq for a started request of our tag set whose hardware context's `driver_data` is
+/// the `T` of the disk.
 unsafe extern "C" fn timeout_cb<T: Driver>(
     rq: *mut bindings::request,
 ) -> bindings::blk_eh_timer_return {

@@ -116,11 +116,25 @@ pub(crate) struct Config {
     pub(crate) compress: bool,
 }
 
+/// `s` without leading and trailing ASCII whitespace (`<[u8]>::trim_ascii` needs Rust 1.80; the
+/// kernel accepts 1.78).
+fn trim_ascii(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    s.get(start..end).unwrap_or(&[])
+}
+
 /// Parses `HOST:PORT[,HOST:PORT...]` (IPv4 dotted quads).
 pub(crate) fn parse_targets(s: &[u8]) -> Result<KVec<SocketAddr>> {
     let mut out = KVec::new();
     for item in s.split(|&c| c == b',') {
-        let item = item.trim_ascii();
+        let item = trim_ascii(item);
         if item.is_empty() {
             continue;
         }
@@ -337,7 +351,7 @@ impl Client {
         for conn in self.conns.iter() {
             conn.kick();
         }
-        let threads = core::mem::replace(&mut *self.threads.lock(), KVec::new());
+        let threads = core::mem::take(&mut *self.threads.lock());
         drop(threads);
     }
 
@@ -1027,8 +1041,9 @@ fn decode_page(p: &Page<'_>, out: &mut [u8; PAGE_SIZE], accept_lz4: bool) -> Res
                 return Err(eproto());
             }
         }
-        Encoding::Lz4 => {
-            // Never requested: the appliance does not follow the protocol.
+        // LZ4 never requested, or a sealed page kclient never stores (it does not seal pages):
+        // the appliance does not follow the protocol.
+        Encoding::Lz4 | Encoding::Sealed => {
             stats::inc(&STATS.protocol_errors);
             return Err(eproto());
         }

@@ -1,6 +1,6 @@
 //! Declarations of the C helpers in `kclient_helpers.c` (see `kclient_helpers.h` for their contracts).
 //!
-//! Only the thin wrappers (`blk`, `net`, `thread`) and the module entry points call these.
+//! Only the thin safe wrappers (`blk`, `net`, `thread`, `lz4`, `params`, `debugfs`) call these.
 
 // Raw pointers to kernel structs only; bindgen marks a few nested lockdep types zero-sized.
 #![allow(improper_ctypes)]

@@ -29,6 +29,16 @@ size_t kclient_stats_format(char *buf, size_t len);
 
 /* ---- block ---- */
 
+/* blk.rs writes these BLK_STS_* values as literals (bindgen cannot evaluate the casting macros):
+ * keep both sides in step, or fail the build here. */
+static_assert(BLK_STS_OK == 0);
+static_assert(BLK_STS_NOTSUPP == (__force blk_status_t)1);
+static_assert(BLK_STS_TIMEOUT == (__force blk_status_t)2);
+static_assert(BLK_STS_NOSPC == (__force blk_status_t)3);
+static_assert(BLK_STS_IOERR == (__force blk_status_t)10);
+/* blk.rs computes REQ_OP_MASK from REQ_OP_BITS. */
+static_assert(REQ_OP_MASK == (__force blk_opf_t)((1 << REQ_OP_BITS) - 1));
+
 size_t kc_rq_copy(struct request *rq, size_t offset, void *buf, size_t len, bool to_rq)
 {
 	struct req_iterator iter;

@@ -7,15 +7,30 @@
 //! (GET_PAGE) and discarded (FLUSH_PAGE); see `client.rs`. Counters:
 //! `/sys/kernel/debug/kclient/stats`. Parameters: `/sys/module/kclient/parameters/`.
 //!
-//! Layering: `ffi` (C helper declarations) < `blk`, `net`, `thread`, `lz4` (thin safe wrappers; all the
-//! `unsafe` lives there) < `client` (the logic, safe Rust) < this file (module entry points).
+//! Layering: `ffi` (C helper declarations) < `blk`, `net`, `thread`, `lz4` (thin safe wrappers) <
+//! `client` (the logic, safe Rust) < `params`, `debugfs` (hand the live client to the C parameter
+//! and debugfs callbacks) < this file (module entry points, safe Rust). All the `unsafe` lives in
+//! the wrappers (`blk`, `net`, `thread`, `lz4`, `params`, `debugfs`), each block justified by a
+//! safety comment (`clippy::undocumented_unsafe_blocks`, denied below and checked by
+//! `cargo xtask client-image`, which builds with `CLIPPY=1` and warnings denied).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
 mod blk;
 mod client;
+#[allow(unsafe_code)]
+mod debugfs;
 mod ffi;
+#[allow(unsafe_code)]
 mod lz4;
+#[allow(unsafe_code)]
 mod net;
+#[allow(unsafe_code)]
+mod params;
 mod stats;
+#[allow(unsafe_code)]
 mod thread;
 
 /// The wire format: the workspace's `protocol/` crate (the one source of truth), copied by the
@@ -31,14 +46,13 @@ mod thread;
 #[allow(clippy::all)]
 mod protocol;
 
-use core::sync::atomic::{AtomicPtr, Ordering};
-
-use kernel::ffi::{c_char, c_int};
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
 use blk::{Disk, DiskConfig, TagSet};
 use client::{Client, Config};
+use debugfs::StatsFile;
+use params::TargetHook;
 
 module! {
     type: KClient,
@@ -54,51 +68,36 @@ const MAX_PAGES: u32 = 256;
 /// Tags per hardware queue.
 const QUEUE_DEPTH: u32 = 128;
 
-/// The live client, for the C callbacks (parameter writes, debugfs). Set while the C side
-/// considers the module "live" (`kc_params_set_live`); cleared before teardown.
-static CLIENT: AtomicPtr<Client> = AtomicPtr::new(core::ptr::null_mut());
-
 struct KClient {
+    /// Routes runtime `remote_target` writes to the client; removed first on unload.
+    target_hook: Option<TargetHook>,
+    /// `/sys/kernel/debug/kclient/stats`, if debugfs is available.
+    stats_file: Option<StatsFile>,
     disk: Option<Disk<Client>>,
     client: Arc<Client>,
 }
 
 fn read_config() -> Result<Config> {
     let mut target = [0u8; 256];
-    // SAFETY: `target` is valid for writes of its length.
-    let n =
-        unsafe { ffi::kc_param_remote_target(target.as_mut_ptr().cast::<c_char>(), target.len()) };
-    let targets = client::parse_targets(target.get(..n).ok_or(EINVAL)?).inspect_err(|_| {
+    let targets = client::parse_targets(params::remote_target(&mut target)).inspect_err(|_| {
         pr_err!("remote_target=HOST:PORT[,HOST:PORT...] (IPv4) is required\n");
     })?;
-    // SAFETY: the parameter accessors have no preconditions.
-    let (size, io_timeout_ms, nr_conns, client_id, cpus, compress) = unsafe {
-        (
-            ffi::kc_param_size_bytes(),
-            ffi::kc_param_io_timeout_ms(),
-            ffi::kc_param_nr_conns(),
-            ffi::kc_param_client_id(),
-            ffi::kc_num_online_cpus(),
-            ffi::kc_param_compress(),
-        )
-    };
-    let pages = size / 4096;
+    let pages = params::size_bytes() / 4096;
     if pages == 0 || pages > u64::from(u32::MAX) {
         pr_err!("size must be between 4K and 16T\n");
         return Err(EINVAL);
     }
-    let nr_conns = if nr_conns == 0 {
-        cpus.clamp(1, 8)
-    } else {
-        nr_conns.clamp(1, 64)
+    let nr_conns = match params::nr_conns() {
+        0 => params::online_cpus().clamp(1, 8),
+        n => n.clamp(1, 64),
     };
     Ok(Config {
         targets,
         pages,
-        io_timeout_ms,
+        io_timeout_ms: params::io_timeout_ms(),
         nr_conns,
-        client_id,
-        compress,
+        client_id: params::client_id(),
+        compress: params::compress(),
     })
 }
 
@@ -131,13 +130,17 @@ impl kernel::Module for KClient {
                 return Err(e);
             }
         };
-        CLIENT.store((&*client as *const Client).cast_mut(), Ordering::Release);
-        // SAFETY: no preconditions; from now on parameter writes may call `kclient_target_changed`.
-        unsafe { ffi::kc_params_set_live(true) };
-        // SAFETY: no preconditions.
-        if unsafe { ffi::kc_debugfs_init() } != 0 {
-            pr_warn!("debugfs unavailable; no counters\n");
-        }
+        let target_hook = match TargetHook::install(client.clone()) {
+            Ok(hook) => hook,
+            Err(e) => {
+                drop(disk);
+                client.stop();
+                return Err(e);
+            }
+        };
+        let stats_file = StatsFile::create(client.clone())
+            .inspect_err(|_| pr_warn!("debugfs unavailable; no counters\n"))
+            .ok();
         pr_info!(
             "/dev/kclient0 ready: {} MiB, {} connection(s), I/O timeout {} ms\n",
             pages / 256,
@@ -145,6 +148,8 @@ impl kernel::Module for KClient {
             timeout
         );
         Ok(KClient {
+            target_hook: Some(target_hook),
+            stats_file,
             disk: Some(disk),
             client,
         })
@@ -153,55 +158,14 @@ impl kernel::Module for KClient {
 
 impl Drop for KClient {
     fn drop(&mut self) {
-        // SAFETY: no preconditions; waits for a running parameter write, then no more calls come.
-        unsafe { ffi::kc_params_set_live(false) };
-        CLIENT.store(core::ptr::null_mut(), Ordering::Release);
-        // SAFETY: no preconditions; waits for running readers.
-        unsafe { ffi::kc_debugfs_exit() };
-        // The disk first: del_gendisk waits for in-flight I/O, which the connections complete.
+        // No more parameter callbacks (waits for a running one), then no more debugfs readers
+        // (waits for running ones); each drops its reference to the client.
+        drop(self.target_hook.take());
+        drop(self.stats_file.take());
+        // The disk next: del_gendisk waits for in-flight I/O, which the connections complete.
         drop(self.disk.take());
         self.client.destroy_pool();
         self.client.stop();
         pr_info!("unloaded\n");
     }
-}
-
-/// Called by the C parameter code when `remote_target` is written while the module is live.
-#[no_mangle]
-pub extern "C" fn kclient_target_changed(val: *const c_char) -> c_int {
-    if val.is_null() {
-        return EINVAL.to_errno();
-    }
-    // SAFETY: the C caller passes a NUL-terminated string valid for the call.
-    let val = unsafe { CStr::from_char_ptr(val) };
-    let targets = match client::parse_targets(val.as_bytes()) {
-        Ok(t) => t,
-        Err(e) => return e.to_errno(),
-    };
-    let client = CLIENT.load(Ordering::Acquire);
-    if !client.is_null() {
-        // SAFETY: `CLIENT` is set only while live; the C side holds its parameter lock during this
-        // call and `Drop` clears liveness under that lock before the client can go away.
-        unsafe { &*client }.set_targets(targets);
-    }
-    0
-}
-
-/// Called by the debugfs `stats` file: formats the counters into `buf`.
-#[no_mangle]
-pub extern "C" fn kclient_stats_format(buf: *mut c_char, len: usize) -> usize {
-    if buf.is_null() {
-        return 0;
-    }
-    // SAFETY: the C caller passes a buffer valid for writes of `len` bytes.
-    let buf = unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
-    let client = CLIENT.load(Ordering::Acquire);
-    let (up, total) = if client.is_null() {
-        (0, 0)
-    } else {
-        // SAFETY: debugfs is removed (waiting for readers) before `CLIENT` is cleared and dropped.
-        let c = unsafe { &*client };
-        (c.connected(), c.nr_conns())
-    };
-    stats::format(buf, up, total)
 }

@@ -65,6 +65,9 @@ impl Drop for KThread {
     }
 }
 
+/// # Safety
+///
+/// Only as the thread function of [`KThread::spawn`], with `data` the `KBox<F>` it leaked.
 unsafe extern "C" fn entry<F: FnOnce() + Send + 'static>(data: *mut c_void) -> c_int {
     // SAFETY: `data` is the `KBox<F>` leaked by `spawn`; this is its only owner.
     let f = unsafe { KBox::from_raw(data.cast::<F>()) };
@@ -75,15 +78,21 @@ unsafe extern "C" fn entry<F: FnOnce() + Send + 'static>(data: *mut c_void) -> c
     0
 }
 
-/// Inside a thread made by [`KThread::spawn`]: whether it has been asked to stop.
+/// Inside a thread made by [`KThread::spawn`]: whether it has been asked to stop. False in any
+/// other context (e.g. a process calling into the module).
 pub(crate) fn should_stop() -> bool {
-    // SAFETY: only called from kthreads (the closures passed to `spawn`).
-    unsafe { bindings::kthread_should_stop() }
+    // SAFETY: `get_current` has no preconditions and returns the running task, which stays valid
+    // while it runs this code.
+    let flags = unsafe { (*bindings::get_current()).flags };
+    // SAFETY: `kthread_should_stop` needs a kernel thread (it reads its `struct kthread`); `&&`
+    // calls it only when `PF_KTHREAD` says this is one.
+    flags & bindings::PF_KTHREAD != 0 && unsafe { bindings::kthread_should_stop() }
 }
 
 /// Sleeps about `ms` milliseconds (interruptible; process context only).
 pub(crate) fn sleep_ms(ms: u32) {
-    // SAFETY: callers run in process context.
+    // SAFETY: no memory-safety preconditions. (Sleeping is only correct in process context,
+    // where every caller runs; the debug kernel's DEBUG_ATOMIC_SLEEP checks that.)
     unsafe { bindings::msleep_interruptible(ms) };
 }
 

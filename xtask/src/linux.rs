@@ -124,7 +124,13 @@ fn build_module(kernel_build: &Path, jobs: usize, flavor: Flavor) -> Result<Path
     };
     step(&format!("kclient.ko ({flavor:?} kernel)"));
     let mut make = linux_kernel::make_command(kernel_build, jobs);
-    make.arg(format!("M={}", dir.display())).arg("modules");
+    // Lints: kbuild runs clippy-driver instead of rustc with `CLIPPY=1` (the kernel's clippy
+    // flags, plus `#![deny(clippy::undocumented_unsafe_blocks)]` in kclient_main.rs), and every
+    // rustc or clippy warning fails the build.
+    make.arg(format!("M={}", dir.display()))
+        .arg("CLIPPY=1")
+        .arg("KRUSTFLAGS=-Dwarnings")
+        .arg("modules");
     linux_kernel::run_with_progress(&mut make, "kclient")?;
     let ko = dir.join("kclient.ko");
     if !ko.exists() {

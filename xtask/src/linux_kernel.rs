@@ -166,17 +166,20 @@ fn bindgen_version_ok(version_output: &str) -> bool {
     matches!(parts.as_slice(), [0, minor, ..] if *minor >= 65)
 }
 
-/// Debian version of the kernel source package, made safe for a directory name.
+/// Debian version of the kernel source package, as dpkg reports it (e.g. `6.12.118-1~deb12u1`).
 fn source_version() -> Result<String> {
-    let out = Command::new("dpkg-query")
-        .args(["-W", "-f=${Version}", SOURCE_PACKAGE])
-        .output()
-        .context("running dpkg-query")?;
-    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !out.status.success() || version.is_empty() {
+    let version =
+        tool_output(Command::new("dpkg-query").args(["-W", "-f=${Version}", SOURCE_PACKAGE]))
+            .with_context(|| format!("{SOURCE_PACKAGE} is not installed"))?;
+    if version.is_empty() {
         bail!("{SOURCE_PACKAGE} is not installed");
     }
-    Ok(version
+    Ok(version)
+}
+
+/// `version` made safe for a directory name (also what the cache key hashes).
+fn dir_safe(version: &str) -> String {
+    version
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
@@ -185,7 +188,7 @@ fn source_version() -> Result<String> {
                 '_'
             }
         })
-        .collect())
+        .collect()
 }
 
 /// Extracts the source tarball once into the cache; returns the source tree.
@@ -283,7 +286,8 @@ pub fn ensure_kernel_flavor(jobs: usize, flavor: Flavor) -> Result<KernelBuild> 
             .with_context(|| format!("reading {}", path.display()))?;
         fragments.push((path, text));
     }
-    let version = source_version()?;
+    let debian_version = source_version()?;
+    let version = dir_safe(&debian_version);
     let tools = toolchain_fingerprint()?;
     let linux_cache = paths::cache_dir().join("linux");
     let mut key_parts: Vec<&[u8]> = vec![version.as_bytes(), tools.as_bytes()];
@@ -292,7 +296,7 @@ pub fn ensure_kernel_flavor(jobs: usize, flavor: Flavor) -> Result<KernelBuild> 
     let build_dir = linux_cache.join(format!("{}-{version}-{key:016x}", flavor.dir_prefix()));
     let build = KernelBuild {
         build_dir: build_dir.clone(),
-        source_version: version.clone(),
+        source_version: debian_version,
     };
     if build_dir.join(BUILT_STAMP).exists() && build.bzimage().exists() {
         step(&format!("kernel: cached build {}", build_dir.display()));

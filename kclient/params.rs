@@ -1,0 +1,126 @@
+//! The module parameters (declared in C with `module_param`, see `kclient_helpers.c`) and the hook
+//! that hands runtime writes of `remote_target` to the live client.
+
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+use kernel::ffi::{c_char, c_int, c_void};
+use kernel::prelude::*;
+use kernel::sync::Arc;
+use kernel::types::ForeignOwnable;
+
+use crate::client::{self, Client};
+use crate::ffi;
+
+/// Copies the current `remote_target` into `buf` and returns it (without the NUL; truncated to
+/// `buf.len() - 1` bytes).
+pub(crate) fn remote_target(buf: &mut [u8]) -> &[u8] {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the helper writes at most that many
+    // (NUL included) and returns the string's length, which is below `buf.len()`.
+    let n = unsafe { ffi::kc_param_remote_target(buf.as_mut_ptr().cast::<c_char>(), buf.len()) };
+    buf.get(..n).unwrap_or(&[])
+}
+
+/// `size` in bytes (K/M/G suffixes parsed by the kernel's `memparse`); 0 if unset.
+pub(crate) fn size_bytes() -> u64 {
+    // SAFETY: reads a module parameter; no preconditions.
+    unsafe { ffi::kc_param_size_bytes() }
+}
+
+/// `io_timeout_ms`, clamped to 100 ms .. 1 h.
+pub(crate) fn io_timeout_ms() -> u32 {
+    // SAFETY: reads a module parameter; no preconditions.
+    unsafe { ffi::kc_param_io_timeout_ms() }
+}
+
+/// `nr_conns` (0: choose from the number of CPUs).
+pub(crate) fn nr_conns() -> u32 {
+    // SAFETY: reads a module parameter; no preconditions.
+    unsafe { ffi::kc_param_nr_conns() }
+}
+
+/// `client_id`, or a random odd one chosen (once) if it was not given.
+pub(crate) fn client_id() -> u64 {
+    // SAFETY: reads (and on first use sets) a module parameter; called from module init only.
+    unsafe { ffi::kc_param_client_id() }
+}
+
+/// `compress`.
+pub(crate) fn compress() -> bool {
+    // SAFETY: reads a module parameter; no preconditions.
+    unsafe { ffi::kc_param_compress() }
+}
+
+/// Online CPUs (the default number of connections follows it).
+pub(crate) fn online_cpus() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { ffi::kc_num_online_cpus() }
+}
+
+/// The client that runtime `remote_target` writes go to: an `Arc<Client>` turned into a raw
+/// pointer by [`TargetHook::install`], or null.
+static HOOKED: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+
+/// While this exists, writes to `/sys/module/kclient/parameters/remote_target` are validated and
+/// passed to the client (`Client::set_targets`). It holds a reference to the client.
+pub(crate) struct TargetHook(());
+
+impl TargetHook {
+    /// Routes `remote_target` writes to `client`. Only one hook may exist (`EBUSY` otherwise).
+    pub(crate) fn install(client: Arc<Client>) -> Result<Self> {
+        let ptr = client.into_foreign().cast_mut();
+        if HOOKED
+            .compare_exchange(
+                core::ptr::null_mut(),
+                ptr,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            // SAFETY: `ptr` came from `into_foreign` just above and was never shared.
+            drop(unsafe { Arc::<Client>::from_foreign(ptr) });
+            return Err(EBUSY);
+        }
+        // SAFETY: no preconditions; from now on parameter writes call `kclient_target_changed`,
+        // which finds the client stored above.
+        unsafe { ffi::kc_params_set_live(true) };
+        Ok(Self(()))
+    }
+}
+
+impl Drop for TargetHook {
+    fn drop(&mut self) {
+        // SAFETY: no preconditions. It takes the C parameter lock, so it returns after a running
+        // `kclient_target_changed` call, and no call starts afterwards.
+        unsafe { ffi::kc_params_set_live(false) };
+        let ptr = HOOKED.swap(core::ptr::null_mut(), Ordering::AcqRel);
+        if !ptr.is_null() {
+            // SAFETY: `ptr` came from `into_foreign` in `install`; the C side no longer calls
+            // `kclient_target_changed` (above), so nothing borrows it any more.
+            drop(unsafe { Arc::<Client>::from_foreign(ptr) });
+        }
+    }
+}
+
+/// Called by the C parameter code (under its parameter lock, only while live) when
+/// `remote_target` is written; an error rejects the write.
+#[no_mangle]
+pub(crate) extern "C" fn kclient_target_changed(val: *const c_char) -> c_int {
+    if val.is_null() {
+        return EINVAL.to_errno();
+    }
+    // SAFETY: the C caller passes a NUL-terminated string valid for the call.
+    let val = unsafe { CStr::from_char_ptr(val) };
+    let targets = match client::parse_targets(val.as_bytes()) {
+        Ok(t) => t,
+        Err(e) => return e.to_errno(),
+    };
+    let ptr = HOOKED.load(Ordering::Acquire);
+    if !ptr.is_null() {
+        // SAFETY: `ptr` came from `into_foreign` in `TargetHook::install`; `TargetHook::drop`
+        // releases it only after `kc_params_set_live(false)` has waited for this call.
+        let client = unsafe { Arc::<Client>::borrow(ptr) };
+        client.set_targets(targets);
+    }
+    0
+}
