@@ -2,7 +2,7 @@
 //! written as a `newc` cpio archive (no root needed for device nodes) and gzipped.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -78,9 +78,20 @@ impl Cpio {
     }
 
     /// Finishes the archive and writes it gzipped to `out`.
-    pub fn write_gz(mut self, out: &Path) -> Result<()> {
+    pub fn write_gz(self, out: &Path) -> Result<()> {
+        self.gzip_into(std::fs::File::create(out)?)
+    }
+
+    /// Writes `base` (an initramfs) to `out` followed by this archive, gzipped: the kernel unpacks
+    /// concatenated archives in order, so these files are added to `base`'s, or replace them.
+    pub fn write_gz_after(self, base: &Path, out: &Path) -> Result<()> {
+        std::fs::copy(base, out)
+            .with_context(|| format!("copying {} to {}", base.display(), out.display()))?;
+        self.gzip_into(std::fs::OpenOptions::new().append(true).open(out)?)
+    }
+
+    fn gzip_into(mut self, file: std::fs::File) -> Result<()> {
         self.entry("TRAILER!!!", 0, (0, 0), &[]);
-        let file = std::fs::File::create(out)?;
         let mut gzip = Command::new("gzip")
             .arg("-9n")
             .stdin(Stdio::piped())
@@ -135,33 +146,43 @@ pub fn build(contents: &Contents<'_>, out: &Path) -> Result<()> {
     cpio.file_from("bin/busybox", 0o755, contents.busybox)?;
     // The interpreter of /init; /init installs the other applets.
     cpio.symlink("bin/sh", "busybox");
-    cpio.file_from("init", 0o755, &contents.scripts.join("init"))?;
-    let mut scripts: Vec<_> = std::fs::read_dir(contents.scripts)?
+    add_scripts(&mut cpio, contents.scripts)?;
+    add_named(&mut cpio, "bin", 0o755, contents.programs.iter().copied())?;
+    add_named(
+        &mut cpio,
+        "lib/modules",
+        0o644,
+        contents.modules.iter().copied(),
+    )?;
+    cpio.write_gz(out)
+}
+
+/// `scripts/init` as `/init` and every other file of `scripts` as `/tmem/NAME`.
+pub fn add_scripts(cpio: &mut Cpio, scripts: &Path) -> Result<()> {
+    cpio.file_from("init", 0o755, &scripts.join("init"))?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(scripts)
+        .with_context(|| format!("reading {}", scripts.display()))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| p.is_file() && p.file_name().is_some_and(|n| n != "init"))
         .collect();
-    scripts.sort();
-    for script in scripts {
-        let name = script
+    files.sort();
+    add_named(cpio, "tmem", 0o755, files.iter().map(PathBuf::as_path))
+}
+
+/// Each of `files` as `DIR/NAME` (its own file name) with `mode`.
+pub fn add_named<'a>(
+    cpio: &mut Cpio,
+    dir: &str,
+    mode: u32,
+    files: impl IntoIterator<Item = &'a Path>,
+) -> Result<()> {
+    for file in files {
+        let name = file
             .file_name()
             .and_then(|n| n.to_str())
-            .context("script name")?;
-        cpio.file_from(&format!("tmem/{name}"), 0o755, &script)?;
+            .with_context(|| format!("file name of {}", file.display()))?;
+        cpio.file_from(&format!("{dir}/{name}"), mode, file)?;
     }
-    for program in contents.programs {
-        let name = program
-            .file_name()
-            .and_then(|n| n.to_str())
-            .context("program name")?;
-        cpio.file_from(&format!("bin/{name}"), 0o755, program)?;
-    }
-    for module in contents.modules {
-        let name = module
-            .file_name()
-            .and_then(|n| n.to_str())
-            .context("module name")?;
-        cpio.file_from(&format!("lib/modules/{name}"), 0o644, module)?;
-    }
-    cpio.write_gz(out)
+    Ok(())
 }

@@ -5,6 +5,7 @@
 mod artefacts;
 mod bench;
 mod cache_key;
+mod client_vm;
 mod demo;
 mod docs_section;
 mod hermit;
@@ -38,6 +39,9 @@ enum Verb {
     RunAppliance(hermit::RunArgs),
     /// Build the client-side Linux kernel, the kclient module and the initramfs.
     ClientImage(linux::ClientImageArgs),
+    /// Run your own program in the client VM, swapping to an appliance through kclient; prints
+    /// kclient's counters afterwards.
+    ClientVm(client_vm::ClientVmArgs),
     /// Run the whole test suite (what CI runs): format, lints, host tests, then VM tests.
     Test(testing::TestArgs),
     /// Build the VM images and run the QEMU tests (appliance VM, client VM with kclient).
@@ -58,6 +62,7 @@ fn main() -> Result<()> {
         Verb::Image(args) => hermit::image(&args),
         Verb::RunAppliance(args) => hermit::run_appliance(&args),
         Verb::ClientImage(args) => linux::client_image(&args),
+        Verb::ClientVm(args) => client_vm::client_vm(&args),
         Verb::Test(args) => testing::test(&args),
         Verb::TestVm => testing::test_vm(),
         Verb::Fuzz(args) => testing::fuzz(&args),
