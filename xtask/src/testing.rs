@@ -19,7 +19,14 @@ pub struct TestArgs {
 }
 
 /// Host crates linted with `clippy -D warnings` (the whole workspace).
-const HOST_CRATES: [&str; 5] = ["protocol", "appliance", "tmemctl", "xtask", "qemu-tests"];
+const HOST_CRATES: [&str; 6] = [
+    "protocol",
+    "appliance",
+    "tmemctl",
+    "xtask",
+    "qemu-tests",
+    "kclient-logic",
+];
 
 /// Runs one of our own verbs as a child process (each verb stays independent of the others).
 pub fn xtask(args: &[&str]) -> Result<()> {
@@ -52,6 +59,12 @@ pub fn test(args: &TestArgs) -> Result<()> {
          qemu-tests helpers; VM tests are listed as ignored here and run by test-vm",
     );
     run(cargo().args(["test", "--workspace"]))?;
+    step("loom: every interleaving of kclient's request state machine (kclient-logic)");
+    run(cargo()
+        .args(["test", "-p", "kclient-logic", "--release", "--test", "loom"])
+        .env("RUSTFLAGS", "--cfg loom")
+        // Its own target dir: --cfg loom would otherwise rebuild the whole workspace each time.
+        .env("CARGO_TARGET_DIR", paths::repo_root().join("target/loom")))?;
     if args.fast {
         step("fuzzing and VM tests not run (--fast); `cargo xtask fuzz` and `cargo xtask test-vm` run them");
     } else {
@@ -70,6 +83,9 @@ pub fn test_vm() -> Result<()> {
     xtask(&["image"])?;
     step("building the client kernel, kclient and initramfs");
     xtask(&["client-image"])?;
+    // Its VM tests are qemu-tests/tests/kclient_debug.rs: any lockdep/KASAN report fails them.
+    step("building the debug client kernel (lockdep, KASAN, atomic-sleep checks) and its kclient");
+    xtask(&["client-image", "--debug"])?;
     step("building the host-mode appliance and tmemctl (release)");
     run(cargo().args(["build", "--release", "-p", "appliance", "-p", "tmemctl"]))?;
     step("VM tests (QEMU TCG, one VM test at a time: the machine has 2 cores)");

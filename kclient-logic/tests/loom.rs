@@ -1,0 +1,202 @@
+//! Every interleaving of the operations several kernel threads perform on one request (a
+//! receive thread per replica answering, the failure path, the submitter dropping its use),
+//! with `loom`. Run: `RUSTFLAGS="--cfg loom" cargo test -p kclient-logic --release --test loom`
+//! (`cargo xtask test` does).
+#![cfg(loom)]
+
+use kclient_logic::request::{PartOutcome, RequestState};
+use kclient_logic::stripe_gate::StripeGate;
+use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::sync::Arc;
+use loom::thread;
+
+/// Explores interleavings with at most three preemptions per execution (loom's recommended
+/// bound: bugs need few preemptions, and the full space of these models takes hours).
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.check(f);
+}
+
+/// Completes `r` if `must` (counting completions and remembering the status).
+fn maybe_complete(r: &RequestState, must: bool, done: &AtomicUsize, status: &AtomicUsize) {
+    if must {
+        done.fetch_add(1, Ordering::SeqCst);
+        status.store(r.complete() as usize, Ordering::SeqCst);
+    }
+}
+
+/// A failure (e.g. a timeout) racing the last user's release: completes once, as a failure.
+#[test]
+fn failure_and_last_release_complete_once_with_the_failure() {
+    model(|| {
+        let r = Arc::new(RequestState::new());
+        let (done, status) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        r.start(1, 1);
+        assert!(r.acquire(Some(1)));
+        let t = {
+            let (r, done, status) = (r.clone(), done.clone(), status.clone());
+            thread::spawn(move || {
+                let must = r.finish(Some(10));
+                maybe_complete(&r, must, &done, &status);
+            })
+        };
+        let must = r.release();
+        maybe_complete(&r, must, &done, &status);
+        let must = r.release();
+        maybe_complete(&r, must, &done, &status);
+        t.join().unwrap();
+        assert_eq!(done.load(Ordering::SeqCst), 1);
+        assert_eq!(status.load(Ordering::SeqCst), 10);
+    });
+}
+
+/// Two replicas answer a one-page write on two receive threads while the submitter drops its
+/// use: the part finishes once, the request completes once, successfully, after both answered.
+#[test]
+fn two_replicas_answering_a_write_complete_it_once() {
+    model(|| {
+        let r = Arc::new(RequestState::new());
+        let (done, status) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let finished = Arc::new(AtomicUsize::new(0));
+        r.start(2, 1);
+        r.await_all(0, 0b11);
+        let answer = |slot: u8, ok: bool| {
+            let (r, done, status, finished) =
+                (r.clone(), done.clone(), status.clone(), finished.clone());
+            thread::spawn(move || {
+                if !r.acquire(Some(2)) {
+                    return;
+                }
+                let must = match r.answer_write(0, slot, ok) {
+                    PartOutcome::Done if r.part_done() => {
+                        finished.fetch_add(1, Ordering::SeqCst);
+                        r.finish(None)
+                    }
+                    PartOutcome::Failed => r.finish(Some(10)),
+                    _ => false,
+                };
+                maybe_complete(&r, must, &done, &status);
+                let must = r.release();
+                maybe_complete(&r, must, &done, &status);
+            })
+        };
+        let a = answer(0, true);
+        let b = answer(1, false);
+        let must = r.release();
+        maybe_complete(&r, must, &done, &status);
+        a.join().unwrap();
+        b.join().unwrap();
+        assert_eq!(finished.load(Ordering::SeqCst), 1);
+        assert_eq!(done.load(Ordering::SeqCst), 1);
+        assert_eq!(status.load(Ordering::SeqCst), 0, "one replica stored it");
+    });
+}
+
+/// A forged duplicate answer racing the real one: exactly one of them counts.
+#[test]
+fn a_duplicate_read_answer_counts_once() {
+    model(|| {
+        let r = Arc::new(RequestState::new());
+        r.start(3, 1);
+        assert!(r.await_read(0, 1));
+        let outcomes = Arc::new(AtomicUsize::new(0));
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                let (r, outcomes) = (r.clone(), outcomes.clone());
+                thread::spawn(move || {
+                    if r.answer_read(0, 1, true) == PartOutcome::Done {
+                        outcomes.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(outcomes.load(Ordering::SeqCst), 1);
+    });
+}
+
+/// The failure path (connection lost: the replica's answer becomes a failure) racing the real
+/// answer of the other replica, then a retry decision: the read completes once.
+#[test]
+fn a_failed_read_retried_on_the_other_replica_completes_once() {
+    model(|| {
+        let r = Arc::new(RequestState::new());
+        let (done, status) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        r.start(4, 1);
+        assert!(r.await_read(0, 0));
+        let lost = {
+            let (r, done, status) = (r.clone(), done.clone(), status.clone());
+            thread::spawn(move || {
+                if !r.acquire(Some(4)) {
+                    return;
+                }
+                if r.answer_read(0, 0, false) == PartOutcome::Failed {
+                    // Retry on replica 1, which answers on its own thread below.
+                    assert!(r.await_read(0, 1));
+                }
+                let must = r.release();
+                maybe_complete(&r, must, &done, &status);
+            })
+        };
+        let replica1 = {
+            let (r, done, status) = (r.clone(), done.clone(), status.clone());
+            thread::spawn(move || {
+                // Spins (bounded by loom) until the retry reached it.
+                for _ in 0..3 {
+                    if r.tried(0) & 0b10 != 0 && r.acquire(Some(4)) {
+                        let must = match r.answer_read(0, 1, true) {
+                            PartOutcome::Done if r.part_done() => r.finish(None),
+                            _ => false,
+                        };
+                        maybe_complete(&r, must, &done, &status);
+                        let must = r.release();
+                        maybe_complete(&r, must, &done, &status);
+                        return;
+                    }
+                    thread::yield_now();
+                }
+            })
+        };
+        let must = r.release();
+        maybe_complete(&r, must, &done, &status);
+        lost.join().unwrap();
+        replica1.join().unwrap();
+        assert!(done.load(Ordering::SeqCst) <= 1, "never twice");
+        if done.load(Ordering::SeqCst) == 1 {
+            assert_eq!(status.load(Ordering::SeqCst), 0);
+        }
+    });
+}
+
+/// Repair closes a stripe while a write may be entering: once repair sees no writer inside,
+/// no write is inside until it opens the gate again.
+#[test]
+fn repair_never_copies_while_a_write_is_inside() {
+    model(|| {
+        let g = Arc::new(StripeGate::new());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let w = {
+            let (g, inside) = (g.clone(), inside.clone());
+            thread::spawn(move || {
+                if g.enter_write() {
+                    inside.store(1, Ordering::SeqCst);
+                    inside.store(0, Ordering::SeqCst);
+                    g.leave_write();
+                }
+            })
+        };
+        assert!(g.close());
+        if !g.writers_inside() {
+            assert_eq!(
+                inside.load(Ordering::SeqCst),
+                0,
+                "a write inside during the copy"
+            );
+        }
+        g.open();
+        w.join().unwrap();
+    });
+}
