@@ -270,13 +270,8 @@ fn toolchain_fingerprint() -> Result<String> {
     Ok(parts.join("\n"))
 }
 
-/// Configures (if needed) and builds the normal client kernel; a no-op when the cached build is
-/// complete.
-pub fn ensure_kernel(jobs: usize) -> Result<KernelBuild> {
-    ensure_kernel_flavor(jobs, Flavor::Normal)
-}
-
-/// [`ensure_kernel`] for either flavor. The cache key covers the Debian source version, the tool
+/// Configures (if needed) and builds the client kernel of `flavor`; a no-op when the cached build
+/// is complete. The cache key covers the Debian source version, the tool
 /// versions ([`toolchain_fingerprint`]) and every fragment's bytes.
 pub fn ensure_kernel_flavor(jobs: usize, flavor: Flavor) -> Result<KernelBuild> {
     let mut fragments = Vec::new();

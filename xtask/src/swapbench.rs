@@ -94,7 +94,7 @@ pub fn run(args: &SwapBenchArgs) -> Result<()> {
     let mut args = args.clone();
     args.net = backend::resolve_net(&args.net)?;
     let args = &args;
-    let image = guest::prepare(&work)?;
+    let image = guest::prepare()?;
     if args.backends.iter().any(|b| b.contains("-hermit")) {
         step("swap bench: Hermit appliance image");
         crate::testing::xtask(&["image"])?;

@@ -1,82 +1,36 @@
-//! What the swap bench's client VM boots: the client image (built if missing), the release
-//! appliance, qemu-nbd, and the bench's own initramfs with every guest program and the kclient,
-//! zram and nbd modules.
+//! What the swap bench's client VM boots: the client image as `cargo xtask client-image` makes it
+//! (run first, so kclient, the guest programs and the initramfs match the tree; the kernel is
+//! cached), which must carry the zram and nbd modules the comparison backends load; and the host
+//! side: the release appliance and qemu-nbd.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use anyhow::{bail, Context, Result};
+use anyhow::{ensure, Context, Result};
 use qemu_tests::linux_vm::ClientImage;
 
-use crate::host::{cargo, run as run_cmd, step};
-use crate::{linux_initramfs, linux_kernel, paths};
+use crate::host::{cargo, ensure_apt_tool, run, step};
+use crate::{artefacts, testing};
 
-/// Builds what the runs need: the client image (via `cargo xtask client-image` if missing), the
-/// release appliance, qemu-nbd, and this benchmark's own initramfs (the client scripts, every
-/// guest program, kclient.ko, zram.ko, nbd.ko) in `target/swapbench/`.
-pub(super) fn prepare(work: &Path) -> Result<ClientImage> {
-    let root = paths::repo_root();
-    let images = paths::images_out();
-    if !images.join("bzImage").exists() || !images.join("kclient.ko").exists() {
-        step("client image missing: cargo xtask client-image");
-        crate::testing::xtask(&["client-image"])?;
-    }
-    if !root.join("target/release/appliance").exists() {
-        step("building the release appliance");
-        run_cmd(cargo().args(["build", "--release", "-p", "appliance"]))?;
-    }
-    crate::host::ensure_apt_tool("qemu-nbd", "qemu-utils")?;
-    let kernel = linux_kernel::ensure_kernel(2)?;
+/// Modules the zram and nbd backends load in the guest.
+const MODULES: [&str; 2] = ["lib/modules/zram.ko", "lib/modules/nbd.ko"];
 
-    step("swap bench: guest programs and initramfs");
-    let bin_dir = work.join("bin");
-    std::fs::create_dir_all(&bin_dir)?;
-    let src_dir = root.join("images/linux/workload");
-    let mut sources: Vec<PathBuf> = std::fs::read_dir(&src_dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "c"))
-        .collect();
-    sources.sort();
-    let mut programs = Vec::new();
-    for src in sources {
-        let bin = bin_dir.join(src.file_stem().context("program name")?);
-        run_cmd(
-            Command::new("cc")
-                .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
-                .arg(&bin)
-                .arg(&src),
-        )?;
-        programs.push(bin);
+pub(super) fn prepare() -> Result<ClientImage> {
+    step("swap bench: client image (kernel cached; kclient, guest programs, initramfs)");
+    testing::xtask(&["client-image"])?;
+    step("swap bench: release appliance, qemu-nbd");
+    run(cargo().args(["build", "--release", "-p", "appliance"]))?;
+    ensure_apt_tool("qemu-nbd", "qemu-utils")?;
+    let image = artefacts::client_image()?;
+    let archive = std::process::Command::new("gzip")
+        .arg("-dc")
+        .arg(&image.initramfs)
+        .output()
+        .context("reading the initramfs with gzip")?;
+    let listing = String::from_utf8_lossy(&archive.stdout);
+    for module in MODULES {
+        ensure!(
+            listing.contains(module),
+            "{module} is not in {}: images/linux/kclient.config needs CONFIG_ZRAM=m and CONFIG_BLK_DEV_NBD=m",
+            image.initramfs.display()
+        );
     }
-    let mut modules = vec![images.join("kclient.ko")];
-    for extra in ["drivers/block/zram/zram.ko", "drivers/block/nbd.ko"] {
-        let path = kernel.build_dir.join(extra);
-        if !path.exists() {
-            bail!(
-                "{} missing: images/linux/kclient.config needs CONFIG_ZRAM=m and CONFIG_BLK_DEV_NBD=m",
-                path.display()
-            );
-        }
-        modules.push(path);
-    }
-    let initramfs = work.join("initramfs.cpio.gz");
-    let program_refs: Vec<&Path> = programs.iter().map(PathBuf::as_path).collect();
-    let module_refs: Vec<&Path> = modules.iter().map(PathBuf::as_path).collect();
-    linux_initramfs::build(
-        &linux_initramfs::Contents {
-            scripts: &root.join("images/linux/initramfs"),
-            busybox: Path::new(if Path::new("/bin/busybox").exists() {
-                "/bin/busybox"
-            } else {
-                "/usr/bin/busybox"
-            }),
-            programs: &program_refs,
-            modules: &module_refs,
-        },
-        &initramfs,
-    )?;
-    Ok(ClientImage {
-        bzimage: images.join("bzImage"),
-        initramfs,
-    })
+    Ok(image)
 }
