@@ -27,15 +27,24 @@ pub struct ClientImage {
 impl ClientImage {
     /// The client image in [`images_dir`], checked to exist, with QEMU on `PATH`.
     pub fn locate() -> std::io::Result<ClientImage> {
-        let dir = images_dir();
+        Self::locate_in(&images_dir(), "cargo xtask client-image")
+    }
+
+    /// The debug client image (lockdep, KASAN, atomic-sleep checks) in `images_dir()/debug/`.
+    pub fn locate_debug() -> std::io::Result<ClientImage> {
+        Self::locate_in(
+            &images_dir().join("debug"),
+            "cargo xtask client-image --debug",
+        )
+    }
+
+    /// The image in `dir`, checked to exist (else: run `make`), with QEMU on `PATH`.
+    fn locate_in(dir: &Path, make: &str) -> std::io::Result<ClientImage> {
         let image = ClientImage {
             bzimage: dir.join("bzImage"),
             initramfs: dir.join("initramfs.cpio.gz"),
         };
-        require_files(
-            &[&image.bzimage, &image.initramfs],
-            "cargo xtask client-image",
-        )?;
+        require_files(&[&image.bzimage, &image.initramfs], make)?;
         require_qemu()?;
         Ok(image)
     }
@@ -44,6 +53,11 @@ impl ClientImage {
 /// For VM tests: the client image, or a test failure saying what is missing.
 pub fn client_image() -> ClientImage {
     required(ClientImage::locate())
+}
+
+/// For VM tests: the debug client image ([`ClientImage::locate_debug`]), or a test failure.
+pub fn debug_client_image() -> ClientImage {
+    required(ClientImage::locate_debug())
 }
 
 /// QEMU command line for the client VM: TCG (never KVM here), `smp` vCPUs, `memory` RAM, user

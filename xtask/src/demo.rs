@@ -258,6 +258,7 @@ fn print_summary(
                 app.peak_used as f64 / (1 << 20) as f64
             ),
         ),
+        ("client kernel", crate::linux::image_kernel_source()),
         ("kernel warnings/oopses", problems.len().to_string()),
         (
             "swapoff, rmmod",

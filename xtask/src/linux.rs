@@ -21,6 +21,13 @@ use crate::paths;
 /// [`linux_kernel::KernelBuild::provenance`]).
 pub const KERNEL_SOURCE_FILE: &str = "kernel-source.txt";
 
+/// What `target/images/` was built from ([`KERNEL_SOURCE_FILE`]), or `unknown`.
+pub fn image_kernel_source() -> String {
+    std::fs::read_to_string(paths::images_out().join(KERNEL_SOURCE_FILE))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown (rebuild with `cargo xtask client-image`)".into())
+}
+
 #[derive(clap::Args)]
 pub struct ClientImageArgs {
     /// Parallel make jobs (the machines are shared: keep it small).
@@ -147,7 +154,7 @@ fn mirror_sources(src: &Path, dst: &Path) -> Result<()> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
         let name = name.as_deref().unwrap_or("");
         if path.is_dir() {
-            return !top || name == "generated";
+            return !top || name == "generated" || name == "logic";
         }
         !top || name == "Kbuild" || [".rs", ".c", ".h"].iter().any(|e| name.ends_with(e))
     };

@@ -73,6 +73,8 @@ for item in $(echo "${tmem_evil:-}" | tr ',' ' '); do
 	echo "TMEM-EVIL mode=$mode insmod=$insmod_rc w1=$w1 r1_ok=$r1_ok r1_bad=$r1_bad r1_fail=$r1_fail r2=$r2 w2=$w2 hang=$hang rmmod=$rmmod_rc seconds=$((t1 - t0)) $stats"
 	modes=$((modes + 1))
 done
-oops=$(($(oopses) + $(dmesg | grep -c 'KASAN')))
+# KASAN and lockdep reports (the debug kernel has both; qemu-tests/tests/kclient_debug.rs).
+debug_reports='KASAN|possible (circular|recursive) locking|inconsistent lock state|invalid context'
+oops=$(($(oopses) + $(dmesg | grep -cE "$debug_reports")))
 echo "TMEM-RESULT test=evil modes=$modes oops=$oops seconds=$(($(date +%s) - t_all))"
 [ "$oops" = 0 ] || dmesg | tail -80
