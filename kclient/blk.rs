@@ -6,18 +6,19 @@
 //!
 //! # Request lifecycle
 //!
-//! Every request carries a [`Pdu`] with an atomic state word `gen | ACTIVE | DONE | users`:
-//! - `queue_rq` starts the request with a fresh generation, `ACTIVE` and one user (the submitter).
-//! - Other threads find a request by (hardware queue, tag, generation) with [`TagSet::acquire`],
-//!   which adds a user only while the request is `ACTIVE` and not `DONE`; stale replies fail to
-//!   acquire it.
-//! - Finishing (last page answered, an error, a timeout) sets `DONE`; whoever drops the last user of
-//!   a `DONE` request completes it, exactly once. So a request is never completed while some thread
-//!   still copies into or out of its pages.
+//! Every request carries a [`Pdu`] holding its [`RequestState`] (`logic/request.rs`, the
+//! kernel-free state machine tested with loom on the host): `queue_rq` starts it with a fresh
+//! generation and one use (the submitter); other threads find a request by (hardware queue, tag,
+//! generation) with [`TagSet::acquire`], which adds a use only while it is active and not
+//! finished, so stale replies fail to acquire it; whoever drops the last use of a finished request
+//! (or finishes one nobody uses) completes it, exactly once, never while another thread still
+//! copies its pages.
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::logic::request::{RequestState, GEN_MASK};
 
 use kernel::bindings;
 use kernel::error::{from_err_ptr, to_result};
@@ -33,9 +34,9 @@ pub(crate) trait Driver: Send + Sync + 'static {
     /// A new request on hardware queue `hctx`. The driver must eventually finish it (see
     /// [`Inflight::page_done`], [`Inflight::fail`]); dropping `rq` only drops the submitter's use.
     fn queue_rq(&self, hctx: u32, rq: Inflight<'_>);
-    /// The request owned by `owner` (see [`Inflight::set_owner`]) timed out; it is failed with
-    /// `BLK_STS_TIMEOUT` right after this returns.
-    fn timed_out(&self, owner: u32);
+    /// A request is being completed (from any context, possibly interrupt: must not sleep);
+    /// `flags` are what the driver set with [`Inflight::set_driver_flags`].
+    fn completed(&self, op: Op, sector: u64, bytes: u32, flags: u32);
 }
 
 /// The operation of a request.
@@ -80,15 +81,8 @@ impl Status {
 
 /// `REQ_OP_MASK` (a cast macro bindgen skips), from `REQ_OP_BITS` (which it sees).
 const REQ_OP_MASK: u32 = (1 << bindings::REQ_OP_BITS) - 1;
-const USERS_MASK: u64 = 0x3fff_ffff;
-const DONE: u64 = 1 << 30;
-const ACTIVE: u64 = 1 << 31;
-const GEN_SHIFT: u32 = 32;
-/// Generations are 24 bits so (generation, queue, tag, page) fits a 64-bit wire request id.
-pub(crate) const GEN_MASK: u32 = 0x00ff_ffff;
 /// Most parts (pages) one request may be split into: each part is answered at most once.
-pub(crate) const MAX_PARTS: u32 = 256;
-const PART_WORDS: usize = (MAX_PARTS / 64) as usize;
+pub(crate) const MAX_PARTS: u32 = crate::logic::request::MAX_PARTS as u32;
 
 static NEXT_GEN: AtomicU32 = AtomicU32::new(1);
 
@@ -104,24 +98,12 @@ fn next_gen() -> u32 {
 /// Per-request driver data (blk-mq's "pdu", `cmd_size` bytes after `struct request`).
 #[repr(C)]
 struct Pdu {
-    state: AtomicU64,
-    remaining: AtomicU32,
-    status: AtomicU32,
-    owner: AtomicU32,
+    req: RequestState,
     start_ns: AtomicU64,
-    /// Number of parts (see [`Inflight::set_pending`]).
-    parts: AtomicU32,
-    /// One bit per part that has been answered ([`Inflight::claim_part`]).
-    claimed: [AtomicU64; PART_WORDS],
-}
-
-impl Pdu {
-    fn reset_parts(&self, parts: u32) {
-        for w in &self.claimed {
-            w.store(0, Ordering::Relaxed);
-        }
-        self.parts.store(parts, Ordering::Release);
-    }
+    /// The status [`RequestState::complete`] returned, for `complete_cb`.
+    status: AtomicU32,
+    /// The driver's own bits about the request (reset for each request).
+    driver_flags: AtomicU32,
 }
 
 /// A reference to a started, not yet completed request. While it exists the request is not
@@ -148,13 +130,7 @@ impl Inflight<'_> {
     }
 
     pub(crate) fn op(&self) -> Op {
-        match self.raw().cmd_flags & REQ_OP_MASK {
-            bindings::req_op_REQ_OP_READ => Op::Read,
-            bindings::req_op_REQ_OP_WRITE => Op::Write,
-            bindings::req_op_REQ_OP_FLUSH => Op::Flush,
-            bindings::req_op_REQ_OP_DISCARD => Op::Discard,
-            other => Op::Other(other),
-        }
+        op_of(self.raw().cmd_flags)
     }
 
     /// First 512-byte sector.
@@ -167,49 +143,39 @@ impl Inflight<'_> {
         self.raw().__data_len
     }
 
+    /// The hardware queue the request came on.
+    pub(crate) fn hctx(&self) -> u32 {
+        // SAFETY: a started request's `mq_hctx` points to its live hardware context.
+        unsafe { (*self.raw().mq_hctx).queue_num }
+    }
+
     pub(crate) fn tag(&self) -> u32 {
         // Tags of started requests are non-negative.
         self.raw().tag as u32
     }
 
     pub(crate) fn gen(&self) -> u32 {
-        (self.pdu().state.load(Ordering::Acquire) >> GEN_SHIFT) as u32
+        self.pdu().req.gen()
     }
 
-    /// Remembers which connection carries the request (reported to [`Driver::timed_out`]).
-    pub(crate) fn set_owner(&self, owner: u32) {
-        self.pdu().owner.store(owner, Ordering::Relaxed);
+    /// Sets driver bits, reported back by [`Driver::completed`].
+    pub(crate) fn set_driver_flags(&self, flags: u32) {
+        self.pdu().driver_flags.fetch_or(flags, Ordering::AcqRel);
     }
 
-    pub(crate) fn owner(&self) -> u32 {
-        self.pdu().owner.load(Ordering::Relaxed)
+    /// Microseconds since the request started.
+    pub(crate) fn age_us(&self) -> u64 {
+        now_ns().saturating_sub(self.pdu().start_ns.load(Ordering::Relaxed)) / 1000
     }
 
-    /// How many [`Inflight::page_done`] calls finish the request successfully; at most
-    /// [`MAX_PARTS`]. Parts `0..parts` may each be claimed once ([`Inflight::claim_part`]).
-    pub(crate) fn set_pending(&self, parts: u32) {
-        self.pdu().reset_parts(parts.min(MAX_PARTS));
-        self.pdu().remaining.store(parts, Ordering::Release);
-    }
-
-    /// Claims part `part` for completion: true the first time for a part the request has, false
-    /// for a part out of range or one already answered (a duplicate or forged reply must not
-    /// complete a request whose other parts were never answered).
-    pub(crate) fn claim_part(&self, part: u32) -> bool {
-        let pdu = self.pdu();
-        if part >= pdu.parts.load(Ordering::Acquire) {
-            return false;
-        }
-        let Some(word) = pdu.claimed.get((part / 64) as usize) else {
-            return false;
-        };
-        let bit = 1u64 << (part % 64);
-        word.fetch_or(bit, Ordering::AcqRel) & bit == 0
+    /// The request's state machine: parts, replica answers.
+    pub(crate) fn state(&self) -> &RequestState {
+        &self.pdu().req
     }
 
     /// One part finished; the last one finishes the request (with `Ok` unless it failed meanwhile).
     pub(crate) fn page_done(&self) {
-        if self.pdu().remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.pdu().req.part_done() {
             self.finish(None);
         }
     }
@@ -225,7 +191,10 @@ impl Inflight<'_> {
     }
 
     fn finish(&self, status: Option<Status>) {
-        finish(self.pdu(), status);
+        if self.pdu().req.finish(status.map(Status::raw)) {
+            // The caller holds a use (`self`), so `finish` cannot report "no users": nothing to
+            // complete here; the last `Drop` completes it.
+        }
     }
 
     /// Copies `buf.len()` bytes out of the request's data, starting `offset` bytes into it.
@@ -262,47 +231,33 @@ impl Inflight<'_> {
 
 impl Drop for Inflight<'_> {
     fn drop(&mut self) {
-        let prev = self.pdu().state.fetch_sub(1, Ordering::AcqRel);
-        if prev & USERS_MASK == 1 && prev & DONE != 0 {
-            // SAFETY: we were the last user of a DONE request: nobody else touches it any more and
-            // it is completed exactly once (only the transition of `users` to 0 with DONE set
-            // gets here).
+        if self.pdu().req.release() {
+            // SAFETY: we dropped the last use of a finished request: nobody else touches it any
+            // more, and only that transition (once) gets here.
             unsafe { complete(self.rq.as_ptr(), self.pdu()) };
         }
     }
 }
 
-/// Sets DONE (first caller's status wins); completes immediately if there are no users.
-fn finish(pdu: &Pdu, status: Option<Status>) -> bool {
-    let mut s = pdu.state.load(Ordering::Acquire);
-    loop {
-        if s & ACTIVE == 0 || s & DONE != 0 {
-            return false;
-        }
-        match pdu
-            .state
-            .compare_exchange(s, s | DONE, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => break,
-            Err(cur) => s = cur,
-        }
-    }
-    if let Some(status) = status {
-        pdu.status.store(u32::from(status.raw()), Ordering::Release);
-    }
-    s & USERS_MASK == 0
-}
-
 /// # Safety
 ///
-/// `rq` must be a started request whose state is DONE with no users, completed only once.
+/// `rq` must be a started request that finished with no users left, completed only once.
 unsafe fn complete(rq: *mut bindings::request, pdu: &Pdu) {
-    // Clear ACTIVE so that nothing can acquire it any more.
-    let s = pdu.state.load(Ordering::Acquire);
-    pdu.state
-        .store(s & !(ACTIVE | USERS_MASK), Ordering::Release);
+    // Makes it inactive (nothing can acquire it any more); the status stays for `complete_cb`.
+    pdu.status
+        .store(u32::from(pdu.req.complete()), Ordering::Release);
     // SAFETY: guaranteed by the caller; blk-mq then calls `complete_cb`.
     unsafe { bindings::blk_mq_complete_request(rq) };
+}
+
+fn op_of(cmd_flags: u32) -> Op {
+    match cmd_flags & REQ_OP_MASK {
+        bindings::req_op_REQ_OP_READ => Op::Read,
+        bindings::req_op_REQ_OP_WRITE => Op::Write,
+        bindings::req_op_REQ_OP_FLUSH => Op::Flush,
+        bindings::req_op_REQ_OP_DISCARD => Op::Discard,
+        other => Op::Other(other),
+    }
 }
 
 fn now_ns() -> u64 {
@@ -332,7 +287,7 @@ impl<T: Driver> TagSet<T> {
     pub(crate) fn new(nr_hw_queues: u32, depth: u32, timeout_ms: u32) -> Result<Arc<Self>> {
         let ops = bindings::blk_mq_ops {
             queue_rq: Some(queue_rq_cb::<T>),
-            complete: Some(complete_cb),
+            complete: Some(complete_cb::<T>),
             timeout: Some(timeout_cb::<T>),
             init_hctx: Some(init_hctx_cb),
             init_request: Some(init_request_cb),
@@ -424,20 +379,7 @@ impl<T: Driver> Drop for TagSet<T> {
 }
 
 fn try_acquire(pdu: &Pdu, gen: Option<u32>) -> Option<()> {
-    let mut s = pdu.state.load(Ordering::Acquire);
-    loop {
-        let gen_ok = gen.map_or(true, |g| (s >> GEN_SHIFT) as u32 == g);
-        if !gen_ok || s & ACTIVE == 0 || s & DONE != 0 || s & USERS_MASK == USERS_MASK {
-            return None;
-        }
-        match pdu
-            .state
-            .compare_exchange(s, s + 1, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => return Some(()),
-            Err(cur) => s = cur,
-        }
-    }
+    pdu.req.acquire(gen).then_some(())
 }
 
 /// # Safety
@@ -474,13 +416,10 @@ unsafe extern "C" fn init_request_cb(
     // SAFETY: blk-mq allocated `cmd_size = size_of::<Pdu>()` bytes after `rq`, suitably aligned.
     unsafe {
         bindings::blk_mq_rq_to_pdu(rq).cast::<Pdu>().write(Pdu {
-            state: AtomicU64::new(0),
-            remaining: AtomicU32::new(0),
-            status: AtomicU32::new(0),
-            owner: AtomicU32::new(0),
+            req: RequestState::new(),
             start_ns: AtomicU64::new(0),
-            parts: AtomicU32::new(0),
-            claimed: [const { AtomicU64::new(0) }; PART_WORDS],
+            status: AtomicU32::new(0),
+            driver_flags: AtomicU32::new(0),
         })
     };
     0
@@ -522,15 +461,11 @@ unsafe extern "C" fn queue_rq_cb<T: Driver>(
     // SAFETY: `rq` is a request of our tag set, so `cmd_size` bytes after it hold the `Pdu`
     // written by `init_request_cb`, alive as long as the tag set.
     let pdu = unsafe { &*bindings::blk_mq_rq_to_pdu(rq.as_ptr()).cast::<Pdu>() };
-    pdu.remaining.store(0, Ordering::Relaxed);
-    pdu.reset_parts(0);
-    pdu.status.store(0, Ordering::Relaxed);
-    pdu.owner.store(0, Ordering::Relaxed);
+    // Parts are set by the driver once it knows them (`RequestState::start` again with the
+    // same generation); until then the request has none.
     pdu.start_ns.store(now_ns(), Ordering::Relaxed);
-    pdu.state.store(
-        (u64::from(next_gen()) << GEN_SHIFT) | ACTIVE | 1,
-        Ordering::Release,
-    );
+    pdu.driver_flags.store(0, Ordering::Relaxed);
+    pdu.req.start(next_gen(), 0);
     crate::stats::STATS
         .inflight_requests
         .fetch_add(1, Ordering::Relaxed);
@@ -549,40 +484,49 @@ unsafe extern "C" fn queue_rq_cb<T: Driver>(
 /// # Safety
 ///
 /// Called by blk-mq, once, for a request of our tag set completed with `blk_mq_complete_request`.
-unsafe extern "C" fn complete_cb(rq: *mut bindings::request) {
+unsafe extern "C" fn complete_cb<T: Driver>(rq: *mut bindings::request) {
     // SAFETY: blk-mq passes a request of our tag set, which carries the `Pdu` written by
-    // `init_request_cb`.
-    let pdu = unsafe { &*bindings::blk_mq_rq_to_pdu(rq).cast::<Pdu>() };
+    // `init_request_cb`; its hctx `driver_data` is our `T` (set in `init_hctx_cb`), kept alive by
+    // the disk.
+    let (pdu, raw, driver) = unsafe {
+        (
+            &*bindings::blk_mq_rq_to_pdu(rq).cast::<Pdu>(),
+            &*rq,
+            &*(*(*rq).mq_hctx).driver_data.cast::<T>(),
+        )
+    };
     let status = pdu.status.load(Ordering::Acquire) as bindings::blk_status_t;
     crate::stats::record_latency(now_ns().saturating_sub(pdu.start_ns.load(Ordering::Relaxed)));
     crate::stats::STATS
         .inflight_requests
         .fetch_sub(1, Ordering::Relaxed);
+    driver.completed(
+        op_of(raw.cmd_flags),
+        raw.__sector,
+        raw.__data_len,
+        pdu.driver_flags.load(Ordering::Acquire),
+    );
     // SAFETY: the request was completed once via `blk_mq_complete_request` and is ended here once.
     unsafe { bindings::blk_mq_end_request(rq, status) };
 }
 
 /// # Safety
 ///
-/// Called by blk-mq for a started request of our tag set whose hardware context's `driver_data` is
-/// the `T` of the disk.
+/// Called by blk-mq for a started request of our tag set.
 unsafe extern "C" fn timeout_cb<T: Driver>(
     rq: *mut bindings::request,
 ) -> bindings::blk_eh_timer_return {
-    // SAFETY: blk-mq passes a started request of our tag set; its hctx `driver_data` is our `T`.
-    let (pdu, driver) = unsafe {
-        (
-            &*bindings::blk_mq_rq_to_pdu(rq).cast::<Pdu>(),
-            &*(*(*rq).mq_hctx).driver_data.cast::<T>(),
-        )
-    };
-    let s = pdu.state.load(Ordering::Acquire);
-    if s & ACTIVE != 0 && s & DONE == 0 {
+    // SAFETY: blk-mq passes a started request of our tag set, carrying the `Pdu` written by
+    // `init_request_cb`.
+    let pdu = unsafe { &*bindings::blk_mq_rq_to_pdu(rq).cast::<Pdu>() };
+    // Connections that stall are found and reset by the failure detector well before this fires
+    // (`down_after_ms` < `io_timeout_ms`); this is the last resort for the request itself.
+    if pdu.req.in_flight() {
         crate::stats::STATS.timeouts.fetch_add(1, Ordering::Relaxed);
-        driver.timed_out(pdu.owner.load(Ordering::Relaxed));
     }
-    if finish(pdu, Some(Status::Timeout)) {
-        // SAFETY: `finish` returned true: we set DONE and there are no users, so we complete it.
+    if pdu.req.finish(Some(Status::Timeout.raw())) {
+        // SAFETY: `finish` returned true: it finished the request and nobody holds a use, so it is
+        // ours to complete, once.
         unsafe { complete(rq, pdu) };
     }
     bindings::blk_eh_timer_return_BLK_EH_DONE

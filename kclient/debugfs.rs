@@ -10,7 +10,7 @@ use kernel::sync::Arc;
 use kernel::types::ForeignOwnable;
 
 use crate::client::Client;
-use crate::{ffi, stats};
+use crate::ffi;
 
 /// The client whose connections the file reports: an `Arc<Client>` turned into a raw pointer by
 /// [`StatsFile::create`], or null.
@@ -74,14 +74,12 @@ pub(crate) extern "C" fn kclient_stats_format(buf: *mut c_char, len: usize) -> u
     // else during the call.
     let buf = unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
     let ptr = SOURCE.load(Ordering::Acquire);
-    let (up, total) = if ptr.is_null() {
-        (0, 0)
-    } else {
-        // SAFETY: `ptr` came from `into_foreign` in `StatsFile::create`; `StatsFile::drop`
-        // releases it only after `kc_debugfs_exit` removed the file and waited for running readers
-        // (this call is one).
-        let client = unsafe { Arc::<Client>::borrow(ptr) };
-        (client.connected(), client.nr_conns())
-    };
-    stats::format(buf, up, total)
+    if ptr.is_null() {
+        return 0;
+    }
+    // SAFETY: `ptr` came from `into_foreign` in `StatsFile::create`; `StatsFile::drop` releases it
+    // only after `kc_debugfs_exit` removed the file and waited for running readers (this call is
+    // one).
+    let client = unsafe { Arc::<Client>::borrow(ptr) };
+    client.format_stats(buf)
 }

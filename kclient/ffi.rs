@@ -58,7 +58,55 @@ extern "C" {
         cap: usize,
     ) -> c_int;
 
+    pub(crate) fn kc_blake2s(out: *mut u8, parts: *const *const u8, lens: *const usize, n: usize);
+    pub(crate) fn kc_x25519_keypair(secret: *mut u8, public: *mut u8);
+    pub(crate) fn kc_x25519(out: *mut u8, secret: *const u8, public: *const u8) -> bool;
+    pub(crate) fn kc_aead_seal(
+        dst: *mut u8,
+        src: *const u8,
+        len: usize,
+        ad: *const u8,
+        ad_len: usize,
+        nonce: u64,
+        key: *const u8,
+    );
+    pub(crate) fn kc_aead_open(
+        dst: *mut u8,
+        src: *const u8,
+        len: usize,
+        ad: *const u8,
+        ad_len: usize,
+        nonce: u64,
+        key: *const u8,
+    ) -> bool;
+    pub(crate) fn kc_random(buf: *mut c_void, len: usize);
+    pub(crate) fn kc_wall_ns() -> u64;
+    pub(crate) fn kc_cond_resched();
+    pub(crate) fn kc_memzero(buf: *mut c_void, len: usize);
+
+    pub(crate) fn kc_spill_open(path: *const c_char) -> *mut bindings::file;
+    pub(crate) fn kc_spill_close(f: *mut bindings::file);
+    pub(crate) fn kc_spill_pages(f: *mut bindings::file) -> u64;
+    pub(crate) fn kc_spill_rw(
+        f: *mut bindings::file,
+        index: u64,
+        bounce: *mut bindings::page,
+        write: bool,
+    ) -> c_int;
+    pub(crate) fn kc_page_alloc() -> *mut bindings::page;
+    pub(crate) fn kc_page_free(p: *mut bindings::page);
+    pub(crate) fn kc_page_address(p: *mut bindings::page) -> *mut c_void;
+
     pub(crate) fn kc_param_remote_target(buf: *mut c_char, len: usize) -> usize;
+    pub(crate) fn kc_param_take_key(out: *mut u8) -> bool;
+    pub(crate) fn kc_param_client_id_given() -> bool;
+    pub(crate) fn kc_param_replicas() -> u32;
+    pub(crate) fn kc_param_down_after_ms() -> u32;
+    pub(crate) fn kc_param_keepalive_ms() -> u32;
+    pub(crate) fn kc_param_repair_pages_per_s() -> u32;
+    pub(crate) fn kc_param_spill(buf: *mut c_char, len: usize) -> usize;
+    pub(crate) fn kc_param_insecure() -> bool;
+    pub(crate) fn kc_param_encrypt_pages() -> bool;
     pub(crate) fn kc_param_size_bytes() -> u64;
     pub(crate) fn kc_param_io_timeout_ms() -> u32;
     pub(crate) fn kc_param_compress() -> bool;

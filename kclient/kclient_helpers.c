@@ -18,6 +18,13 @@
 #include <linux/slab.h>
 #include <linux/tcp.h>
 #include <linux/uio.h>
+#include <crypto/blake2s.h>
+#include <crypto/chacha20poly1305.h>
+#include <crypto/curve25519.h>
+#include <linux/bio.h>
+#include <linux/blkdev.h>
+#include <linux/hex.h>
+#include <linux/timekeeping.h>
 #include <net/net_namespace.h>
 #include <net/sock.h>
 
@@ -85,7 +92,22 @@ struct gendisk *kc_alloc_disk(struct blk_mq_tag_set *set, struct queue_limits *l
 
 /* ---- TCP ---- */
 
+static int kc_tcp_connect_noio(u32 addr, u16 port, u32 connect_timeout_ms, u32 io_timeout_ms,
+			       struct socket **out);
+
+/* A reconnect happens when memory is shortest (swap-out is what needs the connection): nothing
+ * allocated while connecting may start I/O to reclaim memory. */
 int kc_tcp_connect(u32 addr, u16 port, u32 connect_timeout_ms, u32 io_timeout_ms, struct socket **out)
+{
+	unsigned int noio = memalloc_noio_save();
+	int err = kc_tcp_connect_noio(addr, port, connect_timeout_ms, io_timeout_ms, out);
+
+	memalloc_noio_restore(noio);
+	return err;
+}
+
+static int kc_tcp_connect_noio(u32 addr, u16 port, u32 connect_timeout_ms, u32 io_timeout_ms,
+			       struct socket **out)
 {
 	struct sockaddr_in sin = {
 		.sin_family = AF_INET,
@@ -193,6 +215,112 @@ int kc_lz4_decompress(const void *src, size_t len, void *dst, size_t cap)
 	return LZ4_decompress_safe(src, dst, (int)len, (int)cap);
 }
 
+/* ---- crypto (lib/crypto: what WireGuard uses) ---- */
+
+void kc_blake2s(u8 out[32], const u8 *const *parts, const size_t *lens, size_t n)
+{
+	struct blake2s_state st;
+	size_t i;
+
+	blake2s_init(&st, BLAKE2S_HASH_SIZE);
+	for (i = 0; i < n; i++)
+		blake2s_update(&st, parts[i], lens[i]);
+	blake2s_final(&st, out);
+}
+
+void kc_x25519_keypair(u8 secret[32], u8 public[32])
+{
+	curve25519_generate_secret(secret);
+	if (!curve25519_generate_public(public, secret))
+		memset(public, 0, CURVE25519_KEY_SIZE);
+}
+
+bool kc_x25519(u8 out[32], const u8 secret[32], const u8 public[32])
+{
+	return curve25519(out, secret, public);
+}
+
+void kc_aead_seal(u8 *dst, const u8 *src, size_t len, const u8 *ad, size_t ad_len, u64 nonce,
+		  const u8 key[32])
+{
+	chacha20poly1305_encrypt(dst, src, len, ad, ad_len, nonce, key);
+}
+
+bool kc_aead_open(u8 *dst, const u8 *src, size_t len, const u8 *ad, size_t ad_len, u64 nonce,
+		  const u8 key[32])
+{
+	return chacha20poly1305_decrypt(dst, src, len, ad, ad_len, nonce, key);
+}
+
+void kc_random(void *buf, size_t len)
+{
+	get_random_bytes(buf, len);
+}
+
+u64 kc_wall_ns(void)
+{
+	return ktime_get_real_ns();
+}
+
+/* cond_resched() is a macro: kthreads that loop while work keeps coming yield here. */
+void kc_cond_resched(void)
+{
+	cond_resched();
+}
+
+void kc_memzero(void *buf, size_t len)
+{
+	memzero_explicit(buf, len);
+}
+
+/* ---- spill device: a local block device for pages no appliance can take ---- */
+
+struct file *kc_spill_open(const char *path)
+{
+	return bdev_file_open_by_path(path, BLK_OPEN_READ | BLK_OPEN_WRITE, NULL, NULL);
+}
+
+void kc_spill_close(struct file *f)
+{
+	fput(f);
+}
+
+u64 kc_spill_pages(struct file *f)
+{
+	return bdev_nr_sectors(file_bdev(f)) >> 3;
+}
+
+/* Synchronous 4 KiB read or write at page index `index` through `bounce` (one page the caller
+ * allocated with kc_page_alloc). 0 or -errno. */
+int kc_spill_rw(struct file *f, u64 index, struct page *bounce, bool write)
+{
+	struct bio bio;
+	struct bio_vec bvec;
+	int err;
+
+	bio_init(&bio, file_bdev(f), &bvec, 1, (write ? REQ_OP_WRITE | REQ_SYNC : REQ_OP_READ));
+	bio.bi_iter.bi_sector = index << 3;
+	__bio_add_page(&bio, bounce, PAGE_SIZE, 0);
+	err = submit_bio_wait(&bio);
+	bio_uninit(&bio);
+	return err;
+}
+
+struct page *kc_page_alloc(void)
+{
+	return alloc_page(GFP_KERNEL);
+}
+
+void kc_page_free(struct page *p)
+{
+	__free_page(p);
+}
+
+void *kc_page_address(struct page *p)
+{
+	return page_address(p);
+}
+
 /* ---- module parameters ---- */
 
 #define KC_TARGET_MAX 256
@@ -235,7 +363,7 @@ static const struct kernel_param_ops kc_target_ops = {
 	.get = kc_target_get,
 };
 module_param_cb(remote_target, &kc_target_ops, NULL, 0644);
-MODULE_PARM_DESC(remote_target, "Appliances, HOST:PORT[,HOST:PORT...] (IPv4); first reachable is used");
+MODULE_PARM_DESC(remote_target, "Appliances, HOST:PORT[,HOST:PORT...] (IPv4, at most 8); pages are spread over all of them, each on `replicas` appliances");
 
 static char *size = "1G";
 module_param(size, charp, 0444);
@@ -243,7 +371,7 @@ MODULE_PARM_DESC(size, "Device size, with K/M/G suffix (default 1G)");
 
 static uint io_timeout_ms = 10000;
 module_param(io_timeout_ms, uint, 0444);
-MODULE_PARM_DESC(io_timeout_ms, "Fail I/O the appliance has not answered after this long (default 10000)");
+MODULE_PARM_DESC(io_timeout_ms, "Fail a request still unanswered after this long; also the connect and handshake timeout (default 10000)");
 
 static bool compress;
 module_param(compress, bool, 0444);
@@ -251,11 +379,124 @@ MODULE_PARM_DESC(compress, "LZ4-compress pages before sending them, and accept L
 
 static uint nr_conns;
 module_param(nr_conns, uint, 0444);
-MODULE_PARM_DESC(nr_conns, "TCP connections = hardware queues (default: online CPUs, at most 8)");
+MODULE_PARM_DESC(nr_conns, "TCP connections per appliance = hardware queues (default: online CPUs, at most 8)");
 
 static unsigned long long client_id;
 module_param(client_id, ullong, 0444);
-MODULE_PARM_DESC(client_id, "Client identity sent in HELLO (default: random per load)");
+MODULE_PARM_DESC(client_id, "Client identity sent in HELLO; required with key (default: random per load)");
+
+static uint replicas;
+module_param(replicas, uint, 0444);
+MODULE_PARM_DESC(replicas, "Copies of every page, on different appliances, 1..3 (default 2 with at least 2 targets, else 1)");
+
+static uint down_after_ms = 3000;
+module_param(down_after_ms, uint, 0444);
+MODULE_PARM_DESC(down_after_ms, "A connection owing answers for this long, or silent to a keepalive, is reset and its appliance marked down (default 3000)");
+
+static uint keepalive_ms = 1000;
+module_param(keepalive_ms, uint, 0444);
+MODULE_PARM_DESC(keepalive_ms, "Idle connections are checked this often (default 1000)");
+
+static uint repair_pages_per_s = 8192;
+module_param(repair_pages_per_s, uint, 0444);
+MODULE_PARM_DESC(repair_pages_per_s, "Most pages per second repair copies to an appliance that missed writes (default 8192 = 32 MiB/s)");
+
+static char *spill;
+module_param(spill, charp, 0444);
+MODULE_PARM_DESC(spill, "Block device for pages no appliance has room for (default none: such writes fail)");
+
+static bool insecure;
+module_param(insecure, bool, 0444);
+MODULE_PARM_DESC(insecure, "Talk to appliances without authentication or encryption (only if no key is given; default N)");
+
+static bool encrypt_pages;
+module_param(encrypt_pages, bool, 0444);
+MODULE_PARM_DESC(encrypt_pages, "Seal every page with a key that never leaves this machine, so appliances store only ciphertext (default N)");
+
+/* The client's key: written once (hex), never readable back (no get, mode 0200); the Rust client
+ * takes it at load and the copy here is wiped. */
+static u8 kc_key[32];
+static bool kc_key_set;
+
+static int kc_key_param_set(const char *val, const struct kernel_param *kp)
+{
+	size_t n = strcspn(val, "\n");
+	u8 tmp[32];
+	int err = 0;
+
+	if (n != 64 || hex2bin(tmp, val, 32))
+		err = -EINVAL;
+	mutex_lock(&kc_param_lock);
+	if (!err) {
+		memcpy(kc_key, tmp, 32);
+		kc_key_set = true;
+	}
+	mutex_unlock(&kc_param_lock);
+	memzero_explicit(tmp, sizeof(tmp));
+	return err;
+}
+
+static const struct kernel_param_ops kc_key_ops = {
+	.set = kc_key_param_set,
+};
+module_param_cb(key, &kc_key_ops, NULL, 0200);
+MODULE_PARM_DESC(key, "This client's 32-byte key, 64 hex digits (tmemctl keygen); write-only");
+
+bool kc_param_take_key(u8 out[32])
+{
+	bool set;
+
+	mutex_lock(&kc_param_lock);
+	set = kc_key_set;
+	if (set)
+		memcpy(out, kc_key, 32);
+	memzero_explicit(kc_key, sizeof(kc_key));
+	kc_key_set = false;
+	mutex_unlock(&kc_param_lock);
+	return set;
+}
+
+bool kc_param_client_id_given(void)
+{
+	return client_id != 0;
+}
+
+u32 kc_param_replicas(void)
+{
+	return replicas;
+}
+
+u32 kc_param_down_after_ms(void)
+{
+	return clamp_t(u32, down_after_ms, 100, 600 * 1000);
+}
+
+u32 kc_param_keepalive_ms(void)
+{
+	return clamp_t(u32, keepalive_ms, 50, 600 * 1000);
+}
+
+u32 kc_param_repair_pages_per_s(void)
+{
+	return max_t(u32, repair_pages_per_s, 1);
+}
+
+size_t kc_param_spill(char *buf, size_t len)
+{
+	if (!len || !spill || !*spill)
+		return 0;
+	return strscpy(buf, spill, len) < 0 ? 0 : strlen(buf);
+}
+
+bool kc_param_insecure(void)
+{
+	return insecure;
+}
+
+bool kc_param_encrypt_pages(void)
+{
+	return encrypt_pages;
+}
 
 size_t kc_param_remote_target(char *buf, size_t len)
 {
@@ -314,12 +555,12 @@ static struct dentry *kc_debugfs_dir;
 
 static int kc_stats_show(struct seq_file *m, void *v)
 {
-	char *buf = kmalloc(PAGE_SIZE, GFP_KERNEL);
+	char *buf = kmalloc(4 * PAGE_SIZE, GFP_KERNEL);
 	size_t n;
 
 	if (!buf)
 		return -ENOMEM;
-	n = kclient_stats_format(buf, PAGE_SIZE);
+	n = kclient_stats_format(buf, 4 * PAGE_SIZE);
 	seq_write(m, buf, n);
 	kfree(buf);
 	return 0;

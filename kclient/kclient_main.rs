@@ -16,22 +16,36 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_code)]
+#![recursion_limit = "256"] // pin_init! of `Appliance` (many fields) expands deeper than 128
 
+mod appliance;
 #[allow(unsafe_code)]
 mod blk;
 mod client;
+mod config;
+mod conn;
+#[allow(unsafe_code)]
+mod crypto;
 #[allow(unsafe_code)]
 mod debugfs;
 mod ffi;
+mod io;
+mod link;
+mod logic;
 #[allow(unsafe_code)]
 mod lz4;
 #[allow(unsafe_code)]
 mod net;
 #[allow(unsafe_code)]
 mod params;
+mod repair;
+mod sendq;
+#[allow(unsafe_code)]
+mod spill;
 mod stats;
 #[allow(unsafe_code)]
 mod thread;
+mod transport;
 
 /// The wire format: the workspace's `protocol/` crate (the one source of truth), copied by the
 /// build with `crate::` paths rewritten (see `xtask/src/linux.rs`).
@@ -50,7 +64,8 @@ use kernel::prelude::*;
 use kernel::sync::Arc;
 
 use blk::{Disk, DiskConfig, TagSet};
-use client::{Client, Config};
+use client::Client;
+use config::Config;
 use debugfs::StatsFile;
 use params::TargetHook;
 
@@ -62,11 +77,14 @@ module! {
     license: "GPL",
 }
 
-/// Largest request in pages (1 MiB, the most parts a request may have: `blk::MAX_PARTS`); it
-/// travels as BATCH frames of up to 64 pages.
-const MAX_PAGES: u32 = 256;
-/// Tags per hardware queue.
-const QUEUE_DEPTH: u32 = 128;
+/// Largest request in pages: 256 KiB, one BATCH frame's worth (a request crossing a stripe
+/// boundary becomes two runs).
+const MAX_PAGES: u32 = 64;
+/// Tags per hardware queue. What the kernel may queue is bounded by tags x request size: with
+/// 1 MiB requests and 128 tags it queued hundreds of MiB of writeback, which took longer than
+/// `io_timeout_ms` to drain on a slow link (doubled by replicas). 32 x 256 KiB per queue keeps a
+/// client's backlog to a few seconds even at 10 MB/s, far above what a real link needs in flight.
+const QUEUE_DEPTH: u32 = 32;
 
 struct KClient {
     /// Routes runtime `remote_target` writes to the client; removed first on unload.
@@ -77,38 +95,15 @@ struct KClient {
     client: Arc<Client>,
 }
 
-fn read_config() -> Result<Config> {
-    let mut target = [0u8; 256];
-    let targets = client::parse_targets(params::remote_target(&mut target)).inspect_err(|_| {
-        pr_err!("remote_target=HOST:PORT[,HOST:PORT...] (IPv4) is required\n");
-    })?;
-    let pages = params::size_bytes() / 4096;
-    if pages == 0 || pages > u64::from(u32::MAX) {
-        pr_err!("size must be between 4K and 16T\n");
-        return Err(EINVAL);
-    }
-    let nr_conns = match params::nr_conns() {
-        0 => params::online_cpus().clamp(1, 8),
-        n => n.clamp(1, 64),
-    };
-    Ok(Config {
-        targets,
-        pages,
-        io_timeout_ms: params::io_timeout_ms(),
-        nr_conns,
-        client_id: params::client_id(),
-        compress: params::compress(),
-    })
-}
-
 impl kernel::Module for KClient {
     fn init(module: &'static ThisModule) -> Result<Self> {
-        let cfg = read_config()?;
+        let cfg = Config::from_params()?;
         let (pages, conns, timeout) = (cfg.pages, cfg.nr_conns, cfg.io_timeout_ms);
+        let (apps, replicas) = (cfg.targets.len(), cfg.replicas);
         let set = TagSet::<Client>::new(conns, QUEUE_DEPTH, timeout)?;
         let client = Client::new(cfg, set.clone())?;
         if let Err(e) = client.start() {
-            pr_err!("cannot reach the appliance (error {})\n", e.to_errno());
+            pr_err!("cannot reach any appliance (error {})\n", e.to_errno());
             client.stop();
             return Err(e);
         }
@@ -142,8 +137,11 @@ impl kernel::Module for KClient {
             .inspect_err(|_| pr_warn!("debugfs unavailable; no counters\n"))
             .ok();
         pr_info!(
-            "/dev/kclient0 ready: {} MiB, {} connection(s), I/O timeout {} ms\n",
+            "/dev/kclient0 ready: {} MiB on {} appliance(s), {} replica(s), {} connection(s) each, \
+             I/O timeout {} ms\n",
             pages / 256,
+            apps,
+            replicas,
             conns,
             timeout
         );
@@ -164,7 +162,7 @@ impl Drop for KClient {
         drop(self.stats_file.take());
         // The disk next: del_gendisk waits for in-flight I/O, which the connections complete.
         drop(self.disk.take());
-        self.client.destroy_pool();
+        self.client.destroy_pools();
         self.client.stop();
         pr_info!("unloaded\n");
     }

@@ -13,13 +13,7 @@ use kernel::prelude::*;
 
 use crate::ffi;
 
-/// An IPv4 address and port.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct SocketAddr {
-    /// Host byte order.
-    pub(crate) ip: u32,
-    pub(crate) port: u16,
-}
+pub(crate) use crate::logic::targets::SocketAddr;
 
 /// A connected kernel TCP socket, released on drop.
 ///

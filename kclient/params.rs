@@ -8,7 +8,7 @@ use kernel::prelude::*;
 use kernel::sync::Arc;
 use kernel::types::ForeignOwnable;
 
-use crate::client::{self, Client};
+use crate::client::Client;
 use crate::ffi;
 
 /// Copies the current `remote_target` into `buf` and returns it (without the NUL; truncated to
@@ -48,6 +48,63 @@ pub(crate) fn client_id() -> u64 {
 pub(crate) fn compress() -> bool {
     // SAFETY: reads a module parameter; no preconditions.
     unsafe { ffi::kc_param_compress() }
+}
+
+/// The client's key (taken once: the module's copy is wiped), if `key` was given.
+pub(crate) fn take_key() -> Option<[u8; 32]> {
+    let mut key = [0u8; 32];
+    // SAFETY: `key` is valid for writes of 32 bytes.
+    unsafe { ffi::kc_param_take_key(key.as_mut_ptr()) }.then_some(key)
+}
+
+/// Whether `client_id` was given (a key needs it: the appliance's keys file names it).
+pub(crate) fn client_id_given() -> bool {
+    // SAFETY: reads a module parameter; no preconditions.
+    unsafe { ffi::kc_param_client_id_given() }
+}
+
+/// `replicas` (0: the default for the number of targets).
+pub(crate) fn replicas() -> u32 {
+    // SAFETY: reads a module parameter; no preconditions.
+    unsafe { ffi::kc_param_replicas() }
+}
+
+/// `down_after_ms`, clamped to 100 ms .. 10 min.
+pub(crate) fn down_after_ms() -> u32 {
+    // SAFETY: reads a module parameter; no preconditions.
+    unsafe { ffi::kc_param_down_after_ms() }
+}
+
+/// `keepalive_ms`, clamped to 50 ms .. 10 min.
+pub(crate) fn keepalive_ms() -> u32 {
+    // SAFETY: reads a module parameter; no preconditions.
+    unsafe { ffi::kc_param_keepalive_ms() }
+}
+
+/// `repair_pages_per_s` (at least 1).
+pub(crate) fn repair_pages_per_s() -> u32 {
+    // SAFETY: reads a module parameter; no preconditions.
+    unsafe { ffi::kc_param_repair_pages_per_s() }
+}
+
+/// Copies `spill` (a block device path) into `buf` and returns it; empty if not given.
+pub(crate) fn spill(buf: &mut [u8]) -> &[u8] {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the helper writes at most that many
+    // (NUL included) and returns the string's length, below `buf.len()`.
+    let n = unsafe { ffi::kc_param_spill(buf.as_mut_ptr().cast::<c_char>(), buf.len()) };
+    buf.get(..n).unwrap_or(&[])
+}
+
+/// `insecure`.
+pub(crate) fn insecure() -> bool {
+    // SAFETY: reads a module parameter; no preconditions.
+    unsafe { ffi::kc_param_insecure() }
+}
+
+/// `encrypt_pages`.
+pub(crate) fn encrypt_pages() -> bool {
+    // SAFETY: reads a module parameter; no preconditions.
+    unsafe { ffi::kc_param_encrypt_pages() }
 }
 
 /// Online CPUs (the default number of connections follows it).
@@ -111,16 +168,18 @@ pub(crate) extern "C" fn kclient_target_changed(val: *const c_char) -> c_int {
     }
     // SAFETY: the C caller passes a NUL-terminated string valid for the call.
     let val = unsafe { CStr::from_char_ptr(val) };
-    let targets = match client::parse_targets(val.as_bytes()) {
+    let targets = match crate::logic::targets::parse_targets(val.as_bytes()) {
         Ok(t) => t,
-        Err(e) => return e.to_errno(),
+        Err(_) => return EINVAL.to_errno(),
     };
     let ptr = HOOKED.load(Ordering::Acquire);
     if !ptr.is_null() {
         // SAFETY: `ptr` came from `into_foreign` in `TargetHook::install`; `TargetHook::drop`
         // releases it only after `kc_params_set_live(false)` has waited for this call.
         let client = unsafe { Arc::<Client>::borrow(ptr) };
-        client.set_targets(targets);
+        if let Err(e) = client.set_targets(targets) {
+            return e.to_errno();
+        }
     }
     0
 }

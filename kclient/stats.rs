@@ -32,6 +32,23 @@ pub(crate) struct Stats {
     pub(crate) protocol_errors: AtomicU64,
     pub(crate) send_errors: AtomicU64,
     pub(crate) requests: AtomicU64,
+    pub(crate) handshakes: AtomicU64,
+    pub(crate) auth_failures: AtomicU64,
+    pub(crate) aead_failures: AtomicU64,
+    pub(crate) stalls: AtomicU64,
+    pub(crate) appliance_downs: AtomicU64,
+    pub(crate) replica_write_failures: AtomicU64,
+    pub(crate) read_retries: AtomicU64,
+    /// Pages sent again after every replica's connection was lost (once per page and request).
+    pub(crate) resent_pages: AtomicU64,
+    /// Repair copies not counted because a write entered the stripe meanwhile (copied again).
+    pub(crate) repair_retries: AtomicU64,
+    pub(crate) not_found_replies: AtomicU64,
+    pub(crate) pages_repaired: AtomicU64,
+    pub(crate) pages_spilled: AtomicU64,
+    pub(crate) pages_spill_read: AtomicU64,
+    pub(crate) pages_sealed: AtomicU64,
+    pub(crate) page_auth_failures: AtomicU64,
     pub(crate) lat: [AtomicU64; LAT_BUCKETS],
 }
 
@@ -58,6 +75,21 @@ pub(crate) static STATS: Stats = Stats {
     protocol_errors: AtomicU64::new(0),
     send_errors: AtomicU64::new(0),
     requests: AtomicU64::new(0),
+    handshakes: AtomicU64::new(0),
+    auth_failures: AtomicU64::new(0),
+    aead_failures: AtomicU64::new(0),
+    stalls: AtomicU64::new(0),
+    appliance_downs: AtomicU64::new(0),
+    replica_write_failures: AtomicU64::new(0),
+    read_retries: AtomicU64::new(0),
+    resent_pages: AtomicU64::new(0),
+    repair_retries: AtomicU64::new(0),
+    not_found_replies: AtomicU64::new(0),
+    pages_repaired: AtomicU64::new(0),
+    pages_spilled: AtomicU64::new(0),
+    pages_spill_read: AtomicU64::new(0),
+    pages_sealed: AtomicU64::new(0),
+    page_auth_failures: AtomicU64::new(0),
     lat: [const { AtomicU64::new(0) }; LAT_BUCKETS],
 };
 
@@ -81,7 +113,7 @@ pub(crate) fn record_latency(ns: u64) {
 }
 
 /// A `fmt::Write` into a fixed buffer that silently truncates.
-struct BufWriter<'a> {
+pub(crate) struct BufWriter<'a> {
     buf: &'a mut [u8],
     len: usize,
 }
@@ -101,9 +133,20 @@ impl Write for BufWriter<'_> {
     }
 }
 
-/// Writes `name value` lines into `buf`; returns the length written.
-pub(crate) fn format(buf: &mut [u8], connected: u32, conns: u32) -> usize {
-    let mut w = BufWriter { buf, len: 0 };
+/// A writer of `name value` lines into a fixed buffer (truncating).
+pub(crate) fn writer(buf: &mut [u8]) -> BufWriter<'_> {
+    BufWriter { buf, len: 0 }
+}
+
+impl BufWriter<'_> {
+    /// Bytes written.
+    pub(crate) fn written(&self) -> usize {
+        self.len
+    }
+}
+
+/// Writes the global counters as `name value` lines into `w`.
+pub(crate) fn format(w: &mut BufWriter<'_>, connected: u32, conns: u32) {
     let s = &STATS;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let _ = writeln!(w, "pages_stored {}", get(&s.pages_stored));
@@ -132,6 +175,25 @@ pub(crate) fn format(buf: &mut [u8], connected: u32, conns: u32) -> usize {
     let _ = writeln!(w, "protocol_errors {}", get(&s.protocol_errors));
     let _ = writeln!(w, "send_errors {}", get(&s.send_errors));
     let _ = writeln!(w, "requests {}", get(&s.requests));
+    let _ = writeln!(w, "handshakes {}", get(&s.handshakes));
+    let _ = writeln!(w, "auth_failures {}", get(&s.auth_failures));
+    let _ = writeln!(w, "aead_failures {}", get(&s.aead_failures));
+    let _ = writeln!(w, "stalls {}", get(&s.stalls));
+    let _ = writeln!(w, "appliance_downs {}", get(&s.appliance_downs));
+    let _ = writeln!(
+        w,
+        "replica_write_failures {}",
+        get(&s.replica_write_failures)
+    );
+    let _ = writeln!(w, "read_retries {}", get(&s.read_retries));
+    let _ = writeln!(w, "resent_pages {}", get(&s.resent_pages));
+    let _ = writeln!(w, "repair_retries {}", get(&s.repair_retries));
+    let _ = writeln!(w, "not_found_replies {}", get(&s.not_found_replies));
+    let _ = writeln!(w, "pages_repaired {}", get(&s.pages_repaired));
+    let _ = writeln!(w, "pages_spilled {}", get(&s.pages_spilled));
+    let _ = writeln!(w, "pages_spill_read {}", get(&s.pages_spill_read));
+    let _ = writeln!(w, "pages_sealed {}", get(&s.pages_sealed));
+    let _ = writeln!(w, "page_auth_failures {}", get(&s.page_auth_failures));
     let _ = writeln!(w, "connections_up {connected}");
     let _ = writeln!(w, "connections {conns}");
     for (i, b) in s.lat.iter().enumerate() {
@@ -140,5 +202,4 @@ pub(crate) fn format(buf: &mut [u8], connected: u32, conns: u32) -> usize {
             let _ = writeln!(w, "latency_us_lt_{} {}", 1u64 << i, n);
         }
     }
-    w.len
 }

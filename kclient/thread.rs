@@ -16,9 +16,12 @@ use kernel::prelude::*;
 /// # Invariants
 ///
 /// `task` is a thread created by `kthread_create_on_node` running `entry`, which does not exit
-/// before `kthread_stop`.
+/// before `kthread_stop` and returns 0. `data` is the closure box handed to it and `drop_data`
+/// frees such a box; the thread owns it once `entry` runs.
 pub(crate) struct KThread {
     task: NonNull<bindings::task_struct>,
+    data: *mut c_void,
+    drop_data: unsafe fn(*mut c_void),
 }
 
 // SAFETY: a task pointer may be used (stopped) from any thread.
@@ -54,14 +57,31 @@ impl KThread {
         Ok(Self {
             // SAFETY: `from_err_ptr` succeeded, so `task` is not null.
             task: unsafe { NonNull::new_unchecked(task) },
+            data: data.cast::<c_void>(),
+            drop_data: drop_box::<F>,
         })
     }
+}
+
+/// # Safety
+///
+/// `data` must be a `KBox<F>` leaked by [`KThread::spawn`] that nobody else owns.
+unsafe fn drop_box<F>(data: *mut c_void) {
+    // SAFETY: guaranteed by the caller.
+    drop(unsafe { KBox::from_raw(data.cast::<F>()) });
 }
 
 impl Drop for KThread {
     fn drop(&mut self) {
         // SAFETY: the thread does not exit before `kthread_stop` (invariant).
-        unsafe { bindings::kthread_stop(self.task.as_ptr()) };
+        let ret = unsafe { bindings::kthread_stop(self.task.as_ptr()) };
+        // `entry` returns 0. -EINTR means the thread was stopped before it ever ran its function
+        // (the kthread core then skips it), so the closure box was never taken: free it here, or
+        // it (and the `Arc<Client>` it holds) would leak.
+        if ret == -(bindings::EINTR as c_int) {
+            // SAFETY: `entry` never ran, so `data` is still the box `spawn` leaked, owned by us.
+            unsafe { (self.drop_data)(self.data) };
+        }
     }
 }
 
@@ -94,6 +114,13 @@ pub(crate) fn sleep_ms(ms: u32) {
     // SAFETY: no memory-safety preconditions. (Sleeping is only correct in process context,
     // where every caller runs; the debug kernel's DEBUG_ATOMIC_SLEEP checks that.)
     unsafe { bindings::msleep_interruptible(ms) };
+}
+
+/// Lets other tasks run if this one has run long (a kthread that always has work must call
+/// it: without preemption it would hold its CPU, and the soft-lockup watchdog says so).
+pub(crate) fn yield_now() {
+    // SAFETY: no preconditions; called from process context only (kthread loops).
+    unsafe { crate::ffi::kc_cond_resched() };
 }
 
 /// Milliseconds on a monotonic clock.

@@ -110,6 +110,38 @@ fn read_parts_try_each_replica_once() {
 }
 
 #[test]
+fn parts_lost_with_their_connections_are_resent_once() {
+    let r = RequestState::new();
+    r.start(1, 2);
+    // A write refused by one replica and lost with the other's connection: resent once.
+    r.await_all(0, 0b11);
+    assert_eq!(r.answer_write(0, 0, false), PartOutcome::Waiting);
+    assert_eq!(r.answer_write(0, 1, false), PartOutcome::Failed);
+    assert!(r.resend_write(0, 0b01));
+    assert_eq!(r.awaiting(0), 0b01);
+    assert_eq!(r.answer_write(0, 0, false), PartOutcome::Failed);
+    assert!(!r.resend_write(0, 0b01), "only once: a resend cannot loop");
+    // A stored write is not reopened.
+    r.await_all(1, 0b01);
+    assert_eq!(r.answer_write(1, 0, true), PartOutcome::Done);
+    assert!(!r.resend_write(1, 0b01));
+
+    let r = RequestState::new();
+    r.start(2, 1);
+    assert!(r.await_read(0, 0));
+    assert!(!r.resend_read(0), "a replica still owes an answer");
+    assert_eq!(r.answer_read(0, 0, false), PartOutcome::Failed);
+    assert!(!r.await_read(0, 0), "tried already");
+    assert!(r.resend_read(0));
+    assert_eq!(r.tried(0), 0);
+    assert!(r.await_read(0, 0), "tried again after the resend");
+    assert_eq!(r.answer_read(0, 0, false), PartOutcome::Failed);
+    assert!(!r.resend_read(0), "only once");
+    r.fail_part(0);
+    assert!(!r.resend_read(0), "finished");
+}
+
+#[test]
 fn wire_ids_round_trip_and_do_not_collide() {
     let run = WireId::Run(RunId {
         gen: GEN_MASK,
@@ -227,15 +259,27 @@ fn page_maps_find_stale_pages() {
 }
 
 #[test]
-fn stripe_gate_holds_writes_out_while_repair_copies() {
+fn stripe_gate_counts_a_copy_only_if_no_write_overlapped_it() {
     let g = StripeGate::new();
     assert!(g.enter_write());
-    assert!(g.close());
-    assert!(!g.close(), "one repair at a time");
-    assert!(g.writers_inside());
-    assert!(!g.enter_write(), "new writes wait");
+    assert_eq!(g.begin_copy(), None, "a write inside: copy later");
     g.leave_write();
-    assert!(!g.writers_inside());
+    let t = g.begin_copy().expect("quiet stripe");
+    assert!(g.commit(t), "nothing entered during the copy");
+    assert!(
+        !g.enter_write(),
+        "closed while the copied pages are marked current"
+    );
     g.open();
+    assert!(g.enter_write(), "open again");
+    g.leave_write();
+
+    let t = g.begin_copy().expect("quiet stripe");
     assert!(g.enter_write());
+    g.leave_write();
+    assert!(!g.commit(t), "a write entered and left during the copy");
+    assert!(!g.writers_inside());
+    let t = g.begin_copy().expect("quiet again");
+    assert!(g.enter_write());
+    assert!(!g.commit(t), "a write is inside");
 }

@@ -41,6 +41,9 @@ const AWAIT_MASK: u8 = 0b0000_0111;
 const SEEN_SHIFT: u32 = 3;
 /// Part byte: the part is finished (answered, locally done, or failed).
 const FINISHED: u8 = 1 << 6;
+/// Part byte: the part was sent again once after its connections were lost (see
+/// [`RequestState::resend_write`]); never a second time, so a resend cannot loop.
+const RESENT: u8 = 1 << 7;
 
 /// What an answer did to its part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +102,17 @@ impl RequestState {
         );
     }
 
+    /// Sets the number of parts (at most [`MAX_PARTS`]) of a request started with none, before any
+    /// part is sent (until then only the submitter touches parts; other threads may hold uses).
+    pub fn set_parts(&self, parts: u32) {
+        let parts = parts.min(MAX_PARTS as u32);
+        for p in &self.parts[..parts as usize] {
+            p.store(0, Ordering::Relaxed);
+        }
+        self.remaining.store(parts, Ordering::Relaxed);
+        self.nparts.store(parts, Ordering::Release);
+    }
+
     /// The request's generation.
     pub fn gen(&self) -> u32 {
         (self.state.load(Ordering::Acquire) >> GEN_SHIFT) as u32
@@ -114,7 +128,9 @@ impl RequestState {
     pub fn acquire(&self, gen: Option<u32>) -> bool {
         let mut s = self.state.load(Ordering::Acquire);
         loop {
-            let gen_ok = gen.is_none_or(|g| (s >> GEN_SHIFT) as u32 == g & GEN_MASK);
+            // `map_or`, not `is_none_or`: the kernel's minimum Rust predates it.
+            #[allow(clippy::unnecessary_map_or)]
+            let gen_ok = gen.map_or(true, |g| (s >> GEN_SHIFT) as u32 == g & GEN_MASK);
             if !gen_ok || s & ACTIVE == 0 || s & DONE != 0 || s & USERS_MASK == USERS_MASK {
                 return false;
             }
@@ -217,6 +233,12 @@ impl RequestState {
         }
     }
 
+    /// Replicas that still owe an answer for `part` (bit per slot).
+    pub fn awaiting(&self, part: u32) -> u8 {
+        self.part(part)
+            .map_or(0, |p| p.load(Ordering::Acquire) & AWAIT_MASK)
+    }
+
     /// Replicas already tried for a read part (bit per slot).
     pub fn tried(&self, part: u32) -> u8 {
         self.part(part).map_or(0, |p| {
@@ -229,7 +251,7 @@ impl RequestState {
         self.answer(part, slot, |cur, bit| {
             let awaiting = cur & AWAIT_MASK & !bit;
             let stored = ((cur >> SEEN_SHIFT) & AWAIT_MASK) | if ok { bit } else { 0 };
-            let next = awaiting | (stored << SEEN_SHIFT);
+            let next = awaiting | (stored << SEEN_SHIFT) | (cur & RESENT);
             match (awaiting, stored) {
                 (0, 0) => (next | FINISHED, PartOutcome::Failed),
                 (0, _) => (next | FINISHED, PartOutcome::Done),
@@ -289,6 +311,43 @@ impl RequestState {
                 return false;
             }
             match p.compare_exchange(cur, cur | FINISHED, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    /// A write part that failed on every replica (the outcome [`PartOutcome::Failed`] went to
+    /// this caller, so nobody else touches the part) because their connections were lost, not
+    /// because they refused it: reopens it once, awaiting `slots`. False if it was resent before.
+    pub fn resend_write(&self, part: u32, slots: u8) -> bool {
+        self.reopen(part, |cur| {
+            (cur & FINISHED != 0 && (cur >> SEEN_SHIFT) & AWAIT_MASK == 0)
+                .then_some(slots & AWAIT_MASK)
+        })
+    }
+
+    /// A read part that every replica failed because their connections were lost: forgets which
+    /// replicas were tried, once, so [`RequestState::await_read`] may try them again.
+    pub fn resend_read(&self, part: u32) -> bool {
+        self.reopen(part, |cur| {
+            (cur & FINISHED == 0 && cur & AWAIT_MASK == 0).then_some(0)
+        })
+    }
+
+    fn reopen(&self, part: u32, next: impl Fn(u8) -> Option<u8>) -> bool {
+        let Some(p) = self.part(part) else {
+            return false;
+        };
+        let mut cur = p.load(Ordering::Acquire);
+        loop {
+            if cur & RESENT != 0 {
+                return false;
+            }
+            let Some(n) = next(cur) else {
+                return false;
+            };
+            match p.compare_exchange(cur, n | RESENT, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return true,
                 Err(c) => cur = c,
             }

@@ -53,7 +53,7 @@ pub enum TargetError {
 pub fn parse_targets(s: &[u8]) -> Result<Targets, TargetError> {
     let mut t = Targets::default();
     for item in s.split(|&c| c == b',') {
-        let item = item.trim_ascii();
+        let item = trim_ascii(item);
         if item.is_empty() {
             continue;
         }
@@ -71,6 +71,20 @@ pub fn parse_targets(s: &[u8]) -> Result<Targets, TargetError> {
         return Err(TargetError::Empty);
     }
     Ok(t)
+}
+
+/// `s` without leading and trailing ASCII whitespace (`<[u8]>::trim_ascii` needs Rust 1.80, newer
+/// than the kernel's minimum).
+fn trim_ascii(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    s.get(start..end).unwrap_or(&[])
 }
 
 fn parse_addr(s: &[u8]) -> Option<SocketAddr> {

@@ -509,6 +509,21 @@ fn handle(stream: &mut TcpStream, shared: &Shared, h: &Header, body: &[u8]) -> i
             stream.write_all(&done_reply(Opcode::DestroyPool, id))?;
             Ok(Next::Continue)
         }
+        // kclient checks its pool exists after a reconnect with a FLUSH_OBJECT of an unused object.
+        Request::FlushObject(f) => {
+            let n = if f.pool == 7 {
+                Reply::Flushed { pages: 0 }
+            } else {
+                Reply::Error {
+                    status: Status::UnknownPool,
+                    message: b"",
+                }
+            }
+            .emit(h.opcode, id, &mut out)
+            .map_err(|e| io::Error::other(format!("{e:?}")))?;
+            stream.write_all(&out[..n])?;
+            Ok(Next::Continue)
+        }
         Request::Batch(entries) => {
             let reqs: Result<Vec<Request<'_>>, _> = entries.map(|e| e.request()).collect();
             match reqs {
@@ -551,7 +566,7 @@ fn page_ops(
                 stream.write_all(&stats_reply(CONTROL_ID))?;
             }
             if shared.mode == Mode::WrongId {
-                stream.write_all(&frame_of(id ^ (1 << 40), &honest, batch))?;
+                stream.write_all(&frame_of(id ^ (1 << 42), &honest, batch))?;
             }
         }
         stream.write_all(&frame_of(id, &honest, batch))?;
@@ -613,7 +628,7 @@ fn page_ops(
         }
         Mode::WrongId => {
             let mut ids = vec![
-                id ^ (1 << 40),                             // another generation
+                id ^ (1 << 42),                             // another generation
                 id ^ (1 << 16),                             // another tag
                 (id & !(0xff << 32)) | (0x7f << 32),        // a hardware queue that does not exist
                 (id & !0xffff) | ((part + 0x100) & 0xffff), // another page count (a run it is not)

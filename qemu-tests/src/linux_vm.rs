@@ -136,12 +136,24 @@ impl Appliance {
         memory: &str,
         netns: Option<&NetNs>,
     ) -> std::io::Result<Appliance> {
+        Self::start_with(binary, memory, netns, &[])
+    }
+
+    /// [`Appliance::start_in`] with more arguments; with a `--key` among them it serves only
+    /// that client, authenticated and encrypted.
+    pub fn start_with(
+        binary: &Path,
+        memory: &str,
+        netns: Option<&NetNs>,
+        more: &[&str],
+    ) -> std::io::Result<Appliance> {
         let port = crate::free_port();
         let host = NetNs::server_host(netns);
         let mut cmd = Command::new(binary);
         cmd.args(["--listen", &format!("{host}:{port}"), "--memory", memory])
-            .args(["--log-level", "warn"]);
-        if netns.is_some() {
+            .args(["--log-level", "warn"])
+            .args(more);
+        if netns.is_some() && !more.contains(&"--key") {
             // Not loopback, so clients without keys (kclient) need it said by name; only the
             // namespace made for the run reaches that address.
             cmd.arg("--insecure");

@@ -10,18 +10,45 @@ pub const STATS_FILE: &str = "/sys/kernel/debug/kclient/stats";
 /// Where the module's parameters are.
 pub const PARAMS_DIR: &str = "/sys/module/kclient/parameters";
 
-/// `name value` lines as pairs (lines that do not parse are skipped).
-pub fn parse(text: &str) -> Vec<(String, u64)> {
-    text.lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(char::is_whitespace)?;
-            Some((k.to_string(), v.trim().parse().ok()?))
-        })
-        .collect()
+/// kclient's counters: the global ones, and one block per appliance.
+#[derive(Debug, Default)]
+pub struct KclientStats {
+    /// `name value` counters (numeric).
+    pub counters: Vec<(String, u64)>,
+    /// Per appliance (in `remote_target` order): `(field, value)` pairs, e.g. `state up`.
+    pub appliances: Vec<Vec<(String, String)>>,
+}
+
+/// `name value` lines as pairs (lines that do not parse are skipped); `appliance.N.field` lines
+/// go to [`KclientStats::appliances`].
+pub fn parse(text: &str) -> KclientStats {
+    let mut out = KclientStats::default();
+    for l in text.lines() {
+        let Some((k, v)) = l.split_once(char::is_whitespace) else {
+            continue;
+        };
+        let v = v.trim();
+        if let Some(rest) = k.strip_prefix("appliance.") {
+            let Some((i, field)) = rest.split_once('.') else {
+                continue;
+            };
+            let Ok(i) = i.parse::<usize>() else { continue };
+            if i >= 64 {
+                continue;
+            }
+            if out.appliances.len() <= i {
+                out.appliances.resize(i + 1, Vec::new());
+            }
+            out.appliances[i].push((field.to_string(), v.to_string()));
+        } else if let Ok(n) = v.parse() {
+            out.counters.push((k.to_string(), n));
+        }
+    }
+    out
 }
 
 /// Reads the counters.
-pub fn read_stats(path: &Path) -> Result<Vec<(String, u64)>> {
+pub fn read_stats(path: &Path) -> Result<KclientStats> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
             "reading {} (is kclient loaded, debugfs mounted, and are you root?)",
@@ -50,8 +77,10 @@ pub fn read_params(dir: &Path) -> Vec<(String, String)> {
     out
 }
 
-/// A human table: parameters, counters, and derived figures (mean request latency bucket, MiB moved).
-pub fn table(params: &[(String, String)], stats: &[(String, u64)]) -> String {
+/// A human table: parameters, counters, derived figures (MiB moved, latency histogram) and the
+/// appliances (state, pages held and stale, repair progress).
+pub fn table(params: &[(String, String)], all: &KclientStats) -> String {
+    let stats = &all.counters;
     let mut s = String::from("kclient\n");
     for (k, v) in params {
         s.push_str(&format!("  {k:<24} {v}\n"));
@@ -87,6 +116,34 @@ pub fn table(params: &[(String, String)], stats: &[(String, u64)]) -> String {
             s.push_str(&format!("    < {bound:>8} us {n:>10} {bar}\n"));
         }
     }
+    if !all.appliances.is_empty() {
+        let cols = [
+            "addr",
+            "state",
+            "connections_up",
+            "pages_held",
+            "pages_stale",
+            "pages_repaired",
+            "write_failures",
+            "downs",
+            "pools_lost",
+            "full",
+            "read_latency_us",
+        ];
+        s.push_str("  appliances\n   #");
+        for c in cols {
+            s.push_str(&format!(" {c:>15}"));
+        }
+        s.push('\n');
+        for (i, fields) in all.appliances.iter().enumerate() {
+            s.push_str(&format!("  {i:>2}"));
+            for c in cols {
+                let v = fields.iter().find(|(k, _)| k == c).map_or("-", |(_, v)| v);
+                s.push_str(&format!(" {v:>15}"));
+            }
+            s.push('\n');
+        }
+    }
     s
 }
 
@@ -98,12 +155,21 @@ mod tests {
     fn parses_and_renders_kclient_stats() {
         let text = "pages_stored 10\npages_loaded 4\nbytes_sent 2097152\nbytes_received 1048576\n\
                     latency_us_lt_256 3\nlatency_us_lt_1024 1\ngarbage\n";
-        let stats = parse(text);
-        assert_eq!(stats.len(), 6);
+        let text = format!(
+            "{text}appliance.0.addr 10.0.2.2:7777\nappliance.0.state repairing\n\
+             appliance.0.pages_stale 12\nappliance.1.addr 10.0.2.3:7777\nappliance.1.state down\n"
+        );
+        let stats = parse(&text);
+        assert_eq!(stats.counters.len(), 6);
+        assert_eq!(stats.appliances.len(), 2);
         let t = table(&[("remote_target".into(), "10.0.2.2:7000".into())], &stats);
         assert!(t.contains("remote_target") && t.contains("10.0.2.2:7000"));
         assert!(t.contains("pages_stored") && t.contains("mib_sent"));
         assert!(t.contains("<      256 us          3"), "{t}");
+        assert!(
+            t.contains("repairing") && t.contains("10.0.2.3:7777") && t.contains(" down"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -297,9 +297,28 @@ fn run_client_view(json: bool, watch: Option<u64>, stats_file: &std::path::Path)
             for (k, v) in &params {
                 m.insert(k.clone(), serde_json::Value::from(v.as_str()));
             }
-            for (k, v) in &stats {
+            for (k, v) in &stats.counters {
                 m.insert(k.clone(), serde_json::Value::from(*v));
             }
+            let apps: Vec<serde_json::Value> = stats
+                .appliances
+                .iter()
+                .map(|fields| {
+                    serde_json::Value::Object(
+                        fields
+                            .iter()
+                            .map(|(k, v)| {
+                                let val = v
+                                    .parse::<u64>()
+                                    .map(serde_json::Value::from)
+                                    .unwrap_or_else(|_| serde_json::Value::from(v.as_str()));
+                                (k.clone(), val)
+                            })
+                            .collect(),
+                    )
+                })
+                .collect();
+            m.insert("appliances".into(), serde_json::Value::Array(apps));
             println!("{}", serde_json::Value::Object(m));
         } else {
             if watch.is_some() {

@@ -14,9 +14,21 @@ oopses() { dmesg | grep -cE 'WARNING:|BUG:|Oops|kernel BUG|Call Trace|general pr
 vmstat_val() { awk -v k="$1" '$1 == k { print $2 }' /proc/vmstat; }
 
 load_kclient() {
-	insmod /lib/modules/kclient.ko remote_target="${tmem_target:-10.0.2.2:7000}" \
-		size="${tmem_size:-1G}" io_timeout_ms="${tmem_timeout_ms:-10000}" compress="${tmem_compress:-0}" \
+	set -- remote_target="${tmem_target:-10.0.2.2:7000}" size="${tmem_size:-1G}" \
+		io_timeout_ms="${tmem_timeout_ms:-10000}" compress="${tmem_compress:-0}" \
 		nr_conns="${tmem_conns:-0}"
+	# With a key the sessions are authenticated and encrypted; without one kclient must be told
+	# (insecure=1), as an operator would have to.
+	if [ -n "$tmem_key" ]; then
+		set -- "$@" client_id="$tmem_client_id" key="$tmem_key"
+	else
+		set -- "$@" insecure=1
+	fi
+	[ -n "$tmem_replicas" ] && set -- "$@" replicas="$tmem_replicas"
+	[ -n "$tmem_encrypt" ] && set -- "$@" encrypt_pages="$tmem_encrypt"
+	[ -n "$tmem_down_ms" ] && set -- "$@" down_after_ms="$tmem_down_ms"
+	[ -n "$tmem_spill" ] && set -- "$@" spill="$tmem_spill"
+	insmod /lib/modules/kclient.ko "$@"
 }
 
 ram_mib() { awk '$1 == "MemTotal:" { print int($2 / 1024) }' /proc/meminfo; }

@@ -4,7 +4,8 @@
 # failing swap device would OOM-kill): write pages 0-3 (the appliance stores these honestly), read
 # them one by one and all at once (the appliance misbehaves on gets), write pages 8-11 (it
 # misbehaves on these puts), rmmod. Modes that break the handshake must make insmod fail (no I/O).
-# One `TMEM-EVIL mode=...` line per mode, then `TMEM-RESULT`.
+# One `TMEM-EVIL mode=...` line per mode, then `TMEM-RESULT`. With tmem_honest=PORT an honest
+# appliance is the second replica (replicas=2): every read must then return the right data.
 # Outcomes: w1/w2 = dd exit codes; r1_ok/r1_bad/r1_fail = single-page reads that returned the
 # right data / wrong data / an error; r2 = ok|bad|fail for the 4-page read; hang = commands that
 # had to be killed.
@@ -25,8 +26,16 @@ for item in $(echo "${tmem_evil:-}" | tr ',' ' '); do
 	phase "evil-$mode port=$port"
 	t0=$(date +%s)
 	hang=0
-	bounded insmod /lib/modules/kclient.ko remote_target="10.0.2.2:$port" size=16M \
-		io_timeout_ms="${tmem_timeout_ms:-2000}"
+	targets="10.0.2.2:$port"
+	replicas=1
+	if [ -n "${tmem_honest:-}" ]; then
+		# An honest replica beside the evil one: every misbehaviour must make kclient read (and
+		# write) through the honest appliance instead.
+		targets="$targets,10.0.2.2:$tmem_honest"
+		replicas=2
+	fi
+	bounded insmod /lib/modules/kclient.ko remote_target="$targets" size=16M replicas=$replicas \
+		io_timeout_ms="${tmem_timeout_ms:-2000}" down_after_ms="${tmem_down_ms:-1500}" insecure=1
 	insmod_rc=$?
 	is_hang $insmod_rc && hang=$((hang + 1))
 	if [ "$insmod_rc" != 0 ]; then
@@ -66,11 +75,26 @@ for item in $(echo "${tmem_evil:-}" | tr ',' ' '); do
 	bounded dd if=/tmp/evil.w2 of=$dev bs=16384 seek=2 count=1 oflag=direct
 	w2=$?
 	is_hang $w2 && hang=$((hang + 1))
+	# Beside an honest replica, reads spread over both (by stripe): read pages of several stripes.
+	r3_ok=na
+	if [ -n "${tmem_honest:-}" ]; then
+		r3_ok=0
+		for i in 1 2 3 4; do
+			bounded dd if=/tmp/evil.p$((i - 1)) of=$dev bs=4096 seek=$((i * 64)) count=1 oflag=direct
+		done
+		for i in 1 2 3 4; do
+			rm -f /tmp/evil.r
+			bounded dd if=$dev of=/tmp/evil.r bs=4096 skip=$((i * 64)) count=1 iflag=direct
+			rc=$?
+			is_hang $rc && hang=$((hang + 1))
+			[ $rc = 0 ] && cmp -s /tmp/evil.r /tmp/evil.p$((i - 1)) && r3_ok=$((r3_ok + 1))
+		done
+	fi
 	stats=$(kstats)
 	bounded rmmod kclient
 	rmmod_rc=$?
 	t1=$(date +%s)
-	echo "TMEM-EVIL mode=$mode insmod=$insmod_rc w1=$w1 r1_ok=$r1_ok r1_bad=$r1_bad r1_fail=$r1_fail r2=$r2 w2=$w2 hang=$hang rmmod=$rmmod_rc seconds=$((t1 - t0)) $stats"
+	echo "TMEM-EVIL mode=$mode insmod=$insmod_rc w1=$w1 r1_ok=$r1_ok r1_bad=$r1_bad r1_fail=$r1_fail r2=$r2 w2=$w2 r3_ok=$r3_ok hang=$hang rmmod=$rmmod_rc seconds=$((t1 - t0)) $stats"
 	modes=$((modes + 1))
 done
 # KASAN and lockdep reports (the debug kernel has both; qemu-tests/tests/kclient_debug.rs).

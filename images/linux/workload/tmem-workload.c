@@ -109,6 +109,8 @@ int main(int argc, char **argv)
 					(unsigned long long)pass, (unsigned long long)(i * PAGE >> 20));
 		}
 		fill_ms += ms_since(&t0);
+		/* Tests wait for this line to disturb the reads (kclient_replicas.rs). */
+		fprintf(stderr, "tmem-workload: pass %llu verifying\n", (unsigned long long)pass);
 		clock_gettime(CLOCK_MONOTONIC, &t0);
 		for (i = 0; i < pages; i++) {
 			uint64_t idx = (i * stride) % pages;

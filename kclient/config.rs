@@ -1,0 +1,118 @@
+//! Settings fixed at load time, read from the module parameters and checked together.
+
+use kernel::prelude::*;
+
+use crate::crypto::SecretKey;
+use crate::logic::request::MAX_REPLICAS;
+use crate::logic::targets::{parse_targets, Targets};
+use crate::params;
+
+/// Everything the client is configured with.
+pub(crate) struct Config {
+    pub(crate) targets: Targets,
+    /// Device size in 4 KiB pages.
+    pub(crate) pages: u64,
+    pub(crate) io_timeout_ms: u32,
+    /// A connection owing answers this long (or silent to a keepalive) is reset.
+    pub(crate) down_after_ms: u32,
+    pub(crate) keepalive_ms: u32,
+    pub(crate) repair_pages_per_s: u32,
+    /// TCP connections per appliance (also the number of blk-mq hardware queues).
+    pub(crate) nr_conns: u32,
+    /// Copies of every page.
+    pub(crate) replicas: u8,
+    pub(crate) client_id: u64,
+    /// The pre-shared key for authenticated sessions; `None` only with `insecure=1`.
+    pub(crate) key: Option<SecretKey>,
+    /// LZ4 pages on the wire, both ways.
+    pub(crate) compress: bool,
+    /// Seal every page with a key that never leaves this machine.
+    pub(crate) encrypt_pages: bool,
+    /// NUL-terminated path of the spill device, if any.
+    pub(crate) spill: Option<KVec<u8>>,
+}
+
+impl Config {
+    /// Reads and checks the parameters; says what is wrong in the kernel log.
+    pub(crate) fn from_params() -> Result<Self> {
+        let mut buf = [0u8; 256];
+        let targets = parse_targets(params::remote_target(&mut buf)).map_err(|e| {
+            pr_err!(
+                "remote_target=HOST:PORT[,HOST:PORT...] (IPv4, at most 8, no duplicates) is \
+                 required ({:?})\n",
+                e
+            );
+            EINVAL
+        })?;
+        let pages = params::size_bytes() / 4096;
+        if pages == 0 || pages > u64::from(u32::MAX) {
+            pr_err!("size must be between 4K and 16T\n");
+            return Err(EINVAL);
+        }
+        let n = targets.len();
+        let replicas = match params::replicas() {
+            0 if n >= 2 => 2,
+            0 => 1,
+            r if r as usize > MAX_REPLICAS || r as usize > n => {
+                pr_err!(
+                    "replicas={} needs as many targets (given {}) and is at most {}\n",
+                    r,
+                    n,
+                    MAX_REPLICAS
+                );
+                return Err(EINVAL);
+            }
+            r => r as u8,
+        };
+        let key = params::take_key().map(|mut k| {
+            let key = SecretKey::new(k);
+            crate::crypto::wipe(&mut k);
+            key
+        });
+        if key.is_some() && !params::client_id_given() {
+            pr_err!("key= needs client_id= (the appliances' keys files name the client by it)\n");
+            return Err(EINVAL);
+        }
+        if key.is_none() && !params::insecure() {
+            pr_err!(
+                "no key: give key=HEX and client_id=ID (tmemctl keygen), or insecure=1 to talk to \
+                 appliances unauthenticated and in clear\n"
+            );
+            return Err(EINVAL);
+        }
+        if key.is_none() {
+            pr_warn!(
+                "insecure=1: sessions are not authenticated and pages cross the network in clear\n"
+            );
+        }
+        let nr_conns = match params::nr_conns() {
+            0 => params::online_cpus().clamp(1, 8),
+            c => c.clamp(1, 16),
+        };
+        let mut spill_buf = [0u8; 128];
+        let spill = match params::spill(&mut spill_buf) {
+            [] => None,
+            path => {
+                let mut v = KVec::with_capacity(path.len() + 1, GFP_KERNEL)?;
+                v.extend_from_slice(path, GFP_KERNEL)?;
+                v.push(0, GFP_KERNEL)?;
+                Some(v)
+            }
+        };
+        Ok(Self {
+            targets,
+            pages,
+            io_timeout_ms: params::io_timeout_ms(),
+            down_after_ms: params::down_after_ms(),
+            keepalive_ms: params::keepalive_ms(),
+            repair_pages_per_s: params::repair_pages_per_s(),
+            nr_conns,
+            replicas,
+            client_id: params::client_id(),
+            key,
+            compress: params::compress(),
+            encrypt_pages: params::encrypt_pages(),
+            spill,
+        })
+    }
+}

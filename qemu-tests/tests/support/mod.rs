@@ -1,0 +1,3 @@
+//! Helpers shared by VM test files (each test file is its own crate: `mod support;`).
+
+pub mod cluster;
