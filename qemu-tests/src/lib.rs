@@ -116,7 +116,7 @@ impl Qemu {
 
     /// Boots the appliance image (see [`Qemu::boot_hermit`]) listening on `0.0.0.0:PORT` with a
     /// free `PORT`, serving clients without keys (`--insecure`: only QEMU's forward from
-    /// 127.0.0.1 reaches that address), then waits (bounded by `timeout`) for its "listening" line and the forwarded
+    /// 127.0.0.1 reaches that address) unless `app_args` give keys (`--key`), then waits (bounded by `timeout`) for its "listening" line and the forwarded
     /// port. Returns the VM and the host address `127.0.0.1:PORT`.
     pub fn boot_hermit_appliance(
         name: &str,
@@ -127,7 +127,10 @@ impl Qemu {
     ) -> io::Result<(Qemu, SocketAddr)> {
         let port = free_port();
         let listen = format!("0.0.0.0:{port}");
-        let mut args = vec!["--listen", listen.as_str(), "--insecure"];
+        let mut args = vec!["--listen", listen.as_str()];
+        if !app_args.contains(&"--key") {
+            args.push("--insecure");
+        }
         args.extend_from_slice(app_args);
         let mut vm = Qemu::boot_hermit(name, image, memory, port, &args)?;
         let start = Instant::now();

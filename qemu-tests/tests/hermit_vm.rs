@@ -1,7 +1,8 @@
 //! The Hermit appliance VM under load, through its forwarded port on 127.0.0.1 only:
 //! - `tmemctl bench` puts and reads back every page (verifying every byte), `tmemctl stats --json`
 //!   shows them while they are kept;
-//! - the protocol conformance and robustness suite (`tmemctl::conformance`) passes against the VM;
+//! - the protocol conformance and robustness suite (`tmemctl::conformance`) passes against the VM,
+//!   with keys (every session authenticated and encrypted);
 //! - a 1.5 GiB VM really holds more than 1 GiB of pages (appliance memory in use, not just counts).
 //!
 //! VM tests (ignored by `cargo test`; `cargo xtask test-vm` runs them): they need
@@ -110,31 +111,41 @@ fn hermit_bench_verifies_every_page_and_stats_show_them() {
     assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
 }
 
-/// The protocol conformance and robustness suite against the VM's forwarded port.
+/// The protocol conformance and robustness suite, with keys, against the VM's forwarded port.
 #[test]
 #[ignore = "VM test: run by cargo xtask test-vm"]
 fn hermit_passes_the_conformance_suite() {
     let image = hermit_image();
     let frame_timeout = Duration::from_secs(5);
-    let (mut vm, addr) = Qemu::boot_hermit_appliance(
-        "hermit-conformance",
-        &image,
-        "1G",
-        &[
-            "--memory",
-            "256MiB",
-            "--frame-timeout",
-            &frame_timeout.as_secs().to_string(),
-            "--log-level",
-            "warn",
-        ],
-        BOOT_TIMEOUT,
-    )
-    .expect("appliance VM booted");
+    // With keys, as deployed: every session of the suite authenticated and encrypted (the keys
+    // reach the unikernel on its command line, `--key ID:HEX` each).
+    let keys = tmemctl::conformance::suite_keys(0x4e01_5e);
+    let key_args: Vec<String> = keys
+        .iter()
+        .map(|(id, k)| {
+            let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{id:#x}:{hex}")
+        })
+        .collect();
+    let frame = frame_timeout.as_secs().to_string();
+    let mut args = vec![
+        "--memory",
+        "256MiB",
+        "--frame-timeout",
+        &frame,
+        "--log-level",
+        "warn",
+    ];
+    for k in &key_args {
+        args.extend(["--key", k.as_str()]);
+    }
+    let (mut vm, addr) =
+        Qemu::boot_hermit_appliance("hermit-conformance", &image, "1G", &args, BOOT_TIMEOUT)
+            .expect("appliance VM booted");
     let opts = tmemctl::conformance::Options {
         frame_timeout,
         idle_connections: 64,
-        keys: None,
+        keys: Some(keys),
     };
     let start = Instant::now();
     let result = tmemctl::conformance::run_all(&addr.to_string(), &opts, |name, r| match r {

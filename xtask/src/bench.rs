@@ -38,17 +38,26 @@ struct ServerProcess {
     addr: String,
 }
 
-fn start_appliance(memory: &str) -> Result<ServerProcess> {
+/// The client id of the keyed runs (`tmem+noise`); its key is made per run.
+const BENCH_CLIENT: u64 = 0xbe4c;
+
+/// An appliance on loopback; with `key`, serving only [`BENCH_CLIENT`] with that key (every
+/// session authenticated and encrypted).
+fn start_appliance(memory: &str, key: Option<&str>) -> Result<ServerProcess> {
     let bin = artefacts::workspace_binary("appliance")?;
-    let child = Command::new(bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--memory",
-            memory,
-            "--log-level",
-            "warn",
-        ])
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--memory",
+        memory,
+        "--log-level",
+        "warn",
+    ]);
+    if let Some(key) = key {
+        cmd.args(["--key", &format!("{BENCH_CLIENT:#x}:{key}")]);
+    }
+    let child = cmd
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the appliance")?;
@@ -99,12 +108,19 @@ fn start_memcached(memory_mib: u64) -> Result<ServerProcess> {
 fn tmemctl_bench(
     server: &ServerProcess,
     kind: &str,
+    key: Option<&str>,
     corpus: &str,
     batch: usize,
     pages: u64,
 ) -> Result<BTreeMap<String, String>> {
     let bin = artefacts::workspace_binary("tmemctl")?;
-    let out = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    if let Some(key) = key {
+        // The key goes in the environment, not on a command line others can read.
+        cmd.env("TMEM_KEY", key)
+            .args(["--client-id", &format!("{BENCH_CLIENT:#x}")]);
+    }
+    let out = cmd
         .args([
             "--target",
             &server.addr,
@@ -142,6 +158,8 @@ struct Scenario {
     corpus: &'static str,
     batch: usize,
     tmem: Vec<BTreeMap<String, String>>,
+    /// tmem with keys: authenticated, encrypted sessions.
+    noise: Vec<BTreeMap<String, String>>,
     memcached: Vec<BTreeMap<String, String>>,
 }
 
@@ -161,6 +179,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 corpus,
                 batch,
                 tmem: Vec::new(),
+                noise: Vec::new(),
                 memcached: Vec::new(),
             };
             for round in 0..args.rounds {
@@ -171,21 +190,36 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 ));
                 // Alternate which server goes first, so drift on a shared machine hits both alike.
                 let order = if round % 2 == 0 {
-                    ["tmem", "memcached"]
+                    ["tmem", "tmem+noise", "memcached"]
                 } else {
-                    ["memcached", "tmem"]
+                    ["memcached", "tmem+noise", "tmem"]
                 };
                 for kind in order {
-                    let server = if kind == "tmem" {
-                        start_appliance("4GiB")?
-                    } else {
-                        start_memcached(4096)?
+                    let key = (kind == "tmem+noise").then(|| {
+                        let k = tmemctl::secure::random_key().expect("random key");
+                        k.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                    });
+                    let server = match kind {
+                        "memcached" => start_memcached(4096)?,
+                        _ => start_appliance("4GiB", key.as_deref())?,
                     };
-                    let r = tmemctl_bench(&server, kind, corpus, batch, args.pages)?;
-                    if kind == "tmem" {
-                        s.tmem.push(r)
+                    let server_kind = if kind == "memcached" {
+                        "memcached"
                     } else {
-                        s.memcached.push(r)
+                        "tmem"
+                    };
+                    let r = tmemctl_bench(
+                        &server,
+                        server_kind,
+                        key.as_deref(),
+                        corpus,
+                        batch,
+                        args.pages,
+                    )?;
+                    match kind {
+                        "tmem" => s.tmem.push(r),
+                        "tmem+noise" => s.noise.push(r),
+                        _ => s.memcached.push(r),
                     }
                 }
             }
@@ -210,8 +244,8 @@ fn render(scenarios: &[Scenario], args: &BenchArgs) -> String {
          client and server share the cores.\n\n",
         args.pages, args.rounds
     ));
-    t.push_str("| corpus | batch | tmem ops/s | memcached ops/s | ops/s ratio | tmem p99 us | memcached p99 us | p99 ratio (mc/tmem) | tmem bytes/page (RSS) | memcached bytes/page (RSS) | pages per GiB ratio | compression ratio | allocator efficiency |\n");
-    t.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    t.push_str("| corpus | batch | tmem ops/s | memcached ops/s | ops/s ratio | tmem p99 us | memcached p99 us | p99 ratio (mc/tmem) | tmem bytes/page (RSS) | memcached bytes/page (RSS) | pages per GiB ratio | compression ratio | allocator efficiency | tmem+noise ops/s | cost of noise (plain/noise ops/s) |\n");
+    t.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for s in scenarios {
         let (to, mo) = (m(&s.tmem, "ops_s"), m(&s.memcached, "ops_s"));
         let (tp, mp) = (m(&s.tmem, "p99_us"), m(&s.memcached, "p99_us"));
@@ -220,13 +254,17 @@ fn render(scenarios: &[Scenario], args: &BenchArgs) -> String {
             m(&s.memcached, "rss_bytes_per_page"),
         );
         t.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | **{:.2}x** | {:.0} | {:.0} | {:.2}x | {:.0} | {:.0} | **{:.2}x** | {:.2} | {:.3} |\n",
+            "| {} | {} | {:.0} | {:.0} | **{:.2}x** | {:.0} | {:.0} | {:.2}x | {:.0} | {:.0} | **{:.2}x** | {:.2} | {:.3} | {:.0} | **{:.2}x** |\n",
             s.corpus, s.batch, to, mo, to / mo, tp, mp, mp / tp, tr, mr, mr / tr,
             m(&s.tmem, "compression_ratio"), m(&s.tmem, "allocator_efficiency"),
+            m(&s.noise, "ops_s"), to / m(&s.noise, "ops_s"),
         ));
     }
     t.push_str("\nops/s counts puts and gets (each page once each way, every byte verified). Bytes per page is the \
                 server's resident memory growth during the put phase divided by pages stored. Allocator \
-                efficiency = sum of compressed page sizes / slab bytes in use.\n");
+                efficiency = sum of compressed page sizes / slab bytes in use. tmem+noise: the same appliance \
+                with a client key, so every session is authenticated (Noise_NNpsk0) and every frame \
+                sealed (ChaCha20-Poly1305) both ways; the cost column is plain ops/s over keyed ops/s \
+                (target at most 1.3x).\n");
     t
 }

@@ -18,6 +18,12 @@ use crate::host::step;
 use crate::testing::xtask;
 use qemu_tests::linux_vm::{boot_client, kernel_problems, parse_result};
 use qemu_tests::{free_port, wait_for_port, Qemu};
+use tmemctl::secure::{random_key, Identity};
+
+/// The demo client's id; its key is made fresh for every run (`tmemctl keygen` does the same for
+/// a real client) and given to both VMs on their command lines, so it shows in their console
+/// logs: a throwaway key, never reuse one from a log.
+const DEMO_CLIENT: u64 = 0xde30;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -48,8 +54,8 @@ struct ApplianceView {
 }
 
 impl ApplianceView {
-    fn poll(&mut self, addr: &str) {
-        let Ok(v) = tmemctl::client::Client::connect(addr, 0xde30, Duration::from_secs(2))
+    fn poll(&mut self, addr: &str, id: &Identity) {
+        let Ok(v) = tmemctl::client::Client::connect_as(addr, id, Duration::from_secs(2))
             .and_then(|mut c| c.stats())
         else {
             return;
@@ -90,16 +96,21 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         args.appliance_memory
     ));
     let listen = format!("0.0.0.0:{port}");
+    let key = random_key()?;
+    let key_hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let key_arg = format!("{DEMO_CLIENT:#x}:{key_hex}");
+    let identity = Identity::with_key(DEMO_CLIENT, key);
     let mut appliance = Qemu::boot_hermit(
         "demo-appliance",
         &hermit,
         &args.appliance_memory,
         port,
-        // kclient has no keys: the VM is reached only through QEMU's forward from 127.0.0.1.
+        // Secure by default, as deployed: the appliance serves only the demo client's key.
         &[
             "--listen",
             &listen,
-            "--insecure",
+            "--key",
+            &key_arg,
             "--memory",
             &store,
             "--log-level",
@@ -115,7 +126,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         .workload_mib
         .unwrap_or(2 * mib_of(&args.client_memory)?);
     step(&format!(
-        "booting the client VM ({} RAM, 2 vCPUs, zswap on): insmod kclient remote_target=10.0.2.2:{port}, \
+        "booting the client VM ({} RAM, 2 vCPUs, zswap on): insmod kclient remote_target=10.0.2.2:{port} with a key, \
          mkswap + swapon /dev/kclient0, workload of {mib} MiB with verification",
         args.client_memory
     ));
@@ -123,7 +134,8 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     // kclient a longer I/O timeout than its 10 s default, so slowness is not mistaken for a dead
     // appliance.
     let append = format!(
-        "tmem_test=swap tmem_target=10.0.2.2:{port} tmem_mib={mib} tmem_size=2G tmem_timeout_ms=60000"
+        "tmem_test=swap tmem_target=10.0.2.2:{port} tmem_mib={mib} tmem_size=2G tmem_timeout_ms=60000 \
+         tmem_client_id={DEMO_CLIENT:#x} tmem_key={key_hex}"
     );
     let mut vm = boot_client("demo-client", &client, &args.client_memory, 2, &append)?;
 
@@ -157,7 +169,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
-        view.poll(&addr.to_string());
+        view.poll(&addr.to_string(), &identity);
         if last_report.elapsed() >= Duration::from_secs(30) {
             last_report = Instant::now();
             eprintln!(
@@ -185,7 +197,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         }
         std::thread::sleep(Duration::from_secs(1));
     };
-    view.poll(&addr.to_string());
+    view.poll(&addr.to_string(), &identity);
     let problems = kernel_problems(&vm.output());
     print_summary(&result, &view, mib, args, &problems, started.elapsed());
     drop(vm);
@@ -239,6 +251,14 @@ fn print_summary(
         ("pages remotified by kclient", val("pages_stored")),
         ("pages loaded back from appliance", val("pages_loaded")),
         ("kclient failed requests", val("failed_requests")),
+        (
+            "sessions (Noise, client key)",
+            format!(
+                "{} handshakes, {} authentication failures",
+                val("handshakes"),
+                val("auth_failures")
+            ),
+        ),
         (
             "appliance puts / get hits",
             format!("{} / {}", app.get(StatId::Puts), app.get(StatId::GetHits)),

@@ -28,7 +28,9 @@ pub struct SwapBenchArgs {
     /// Backends, in run order: ram (no swap, big VM), kclient, nbd, zram, disk; `-nozswap` after
     /// kclient, nbd or disk turns zswap off (default: on in front of them); `kclient-lz4` is
     /// kclient compressing pages before sending them (`compress=1`); `kclient-hermit` swaps to
-    /// the Hermit appliance VM instead of the host-mode appliance.
+    /// the Hermit appliance VM instead of the host-mode appliance; `kclient-r2` swaps to two
+    /// appliances with every page on both (replicas=2); `kclient-noise` uses a client key
+    /// (authenticated, encrypted sessions), `kclient-sealed` also `encrypt_pages=1`.
     #[arg(
         long = "swap-backends",
         value_delimiter = ',',
@@ -77,6 +79,11 @@ pub struct SwapBenchArgs {
     /// (`target/swapbench/results.csv`), with the same sizes/backends/workloads arguments.
     #[arg(long = "swap-from-csv")]
     pub from_csv: Option<PathBuf>,
+    /// The section of docs/benchmarks.md the table goes to (a run of a few backends, e.g. the
+    /// replica and encryption comparison, keeps its own section and leaves the main one); the
+    /// plot is drawn only for the main section, `swap-bench`.
+    #[arg(long = "swap-section", default_value = "swap-bench")]
+    pub section: String,
     /// Set by `cargo xtask bench --no-docs`: print only.
     #[arg(skip)]
     pub no_docs: bool,
@@ -173,13 +180,18 @@ fn publish(
         println!("{md}");
     }
     if !args.no_docs && !rows.is_empty() {
-        let png = paths::repo_root().join("docs/swap-bench.png");
-        if let Err(e) = plot::plot(work, &png, args.vm_mib) {
-            step(&format!("plot failed: {e:#}"));
+        if args.section == "swap-bench" {
+            let png = paths::repo_root().join("docs/swap-bench.png");
+            if let Err(e) = plot::plot(work, &png, args.vm_mib) {
+                step(&format!("plot failed: {e:#}"));
+            }
         }
-        docs_section::write("swap-bench", &md)?;
+        docs_section::write(&args.section, &md)?;
         if last {
-            step("results written to docs/benchmarks.md (section swap-bench) and docs/swap-bench.png");
+            step(&format!(
+                "results written to docs/benchmarks.md (section {})",
+                args.section
+            ));
         }
     }
     Ok(())

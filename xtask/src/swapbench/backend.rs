@@ -25,6 +25,10 @@ impl Drop for TempFile {
     }
 }
 
+/// The client id of the keyed backends (`kclient-noise`, `kclient-sealed`); the key is made
+/// per run.
+const BENCH_CLIENT: u64 = 0xbe4d;
+
 /// The Hermit appliance VM of the `kclient-hermit` backend: RAM, and the store inside it.
 const HERMIT_VM_MEMORY: &str = "1G";
 const HERMIT_STORE: &str = "768MiB";
@@ -120,14 +124,48 @@ pub(super) fn run_backend(
             _hermit = Some(vm);
         }
         "kclient" => {
-            let a = Appliance::start_in(
-                appliance_bin,
-                &format!("{}MiB", swap_mib * 2),
-                netns.as_ref(),
-            )
-            .context("starting the appliance")?;
-            append.push_str(&format!(" tmem_target=10.0.2.2:{}", a.port));
-            _appliance = Some(a);
+            // -r2: two appliances, every page on both (replicas=2). -noise: a client key, so
+            // sessions are authenticated and encrypted. -sealed: also encrypt_pages=1.
+            let replicas = if backend.contains("-r2") { 2 } else { 1 };
+            let keyed = backend.contains("-noise") || backend.contains("-sealed");
+            let key: String = if keyed {
+                tmemctl::secure::random_key()?
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            } else {
+                String::new()
+            };
+            let key_arg = format!("{BENCH_CLIENT:#x}:{key}");
+            let more: Vec<&str> = if keyed {
+                vec!["--key", &key_arg]
+            } else {
+                Vec::new()
+            };
+            let mut targets = Vec::new();
+            let mut nodes = Vec::new();
+            for _ in 0..replicas {
+                let a = Appliance::start_with(
+                    appliance_bin,
+                    &format!("{}MiB", swap_mib * 2),
+                    netns.as_ref(),
+                    &more,
+                )
+                .context("starting the appliance")?;
+                targets.push(format!("10.0.2.2:{}", a.port));
+                nodes.push(a);
+            }
+            append.push_str(&format!(
+                " tmem_target={} tmem_replicas={replicas}",
+                targets.join(",")
+            ));
+            if keyed {
+                append.push_str(&format!(" tmem_client_id={BENCH_CLIENT:#x} tmem_key={key}"));
+            }
+            if backend.contains("-sealed") {
+                append.push_str(" tmem_encrypt=1");
+            }
+            _appliance = Some(nodes);
         }
         "nbd" => {
             let file = PathBuf::from(format!(

@@ -37,6 +37,29 @@ pub(super) fn ratio(a: Option<&Row>, b: Option<&Row>) -> String {
     }
 }
 
+/// (a - floor) / (b - floor): how much time above the no-network floor (disk) `a` adds compared
+/// with `b`.
+pub(super) fn over_floor(a: Option<&Row>, b: Option<&Row>, floor: Option<&Row>) -> String {
+    match (a, b, floor) {
+        (Some(a), Some(b), Some(f)) if b.num("ms") > f.num("ms") => format!(
+            "{:.2}",
+            (a.num("ms") - f.num("ms")) / (b.num("ms") - f.num("ms"))
+        ),
+        _ => "-".into(),
+    }
+}
+
+/// Backends compared with plain `kclient` in their own column (`X / kclient`).
+fn kclient_variants<'a>(backends: &[&'a str]) -> Vec<&'a str> {
+    backends
+        .iter()
+        .copied()
+        .filter(|b| {
+            b.starts_with("kclient-") && ["-r2", "-noise", "-sealed"].iter().any(|v| b.contains(v))
+        })
+        .collect()
+}
+
 pub(super) fn mib(bytes: f64) -> String {
     if bytes.is_nan() {
         "-".into()
@@ -106,8 +129,13 @@ pub(super) fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> Stri
     for b in &swap_backends {
         let _ = write!(t, " {b} / ram |");
     }
-    t.push_str(" kclient / nbd | disk / nbd |\n|---|---|---|");
-    for _ in 0..(backends.len() + swap_backends.len() + 2) {
+    let variants = kclient_variants(&backends);
+    t.push_str(" kclient / nbd | disk / nbd | (kclient - disk) / (nbd - disk) |");
+    for v in &variants {
+        let _ = write!(t, " {v} / kclient | {v} / nbd |");
+    }
+    t.push_str("\n|---|---|---|");
+    for _ in 0..(backends.len() + swap_backends.len() + 3 + 2 * variants.len()) {
         t.push_str("---|");
     }
     t.push('\n');
@@ -125,12 +153,19 @@ pub(super) fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> Stri
                 let _ = write!(t, " {} |", ratio(find(rows, b, w, m), ram));
             }
             let nbd = find(rows, "nbd", w, m);
-            let _ = writeln!(
+            let (kclient, disk) = (find(rows, "kclient", w, m), find(rows, "disk", w, m));
+            let _ = write!(
                 t,
-                " **{}** | {} |",
-                ratio(find(rows, "kclient", w, m), nbd),
-                ratio(find(rows, "disk", w, m), nbd)
+                " **{}** | {} | {} |",
+                ratio(kclient, nbd),
+                ratio(disk, nbd),
+                over_floor(kclient, nbd, disk)
             );
+            for v in &variants {
+                let row = find(rows, v, w, m);
+                let _ = write!(t, " **{}** | {} |", ratio(row, kclient), ratio(row, nbd));
+            }
+            t.push('\n');
         }
     }
     // Traffic table.
