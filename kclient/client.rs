@@ -31,7 +31,7 @@ use crate::logic::stripe_gate::{StripeGate, STRIPE_PAGES};
 use crate::logic::targets::Targets;
 use crate::repair::RepairSlot;
 use crate::sendq::SendItem;
-use crate::spill::Spill;
+use crate::spill::{Spill, SpillQueue};
 use crate::stats::{self, STATS};
 use crate::thread::{self, KThread};
 
@@ -70,6 +70,11 @@ pub(crate) struct Client {
     pub(crate) gens: KVec<AtomicU32>,
     #[pin]
     pub(crate) spill: Mutex<Option<Spill>>,
+    /// A spill device is configured.
+    pub(crate) spill_on: bool,
+    /// Work for the spill thread (only it touches the spill device).
+    #[pin]
+    pub(crate) spill_q: SpillQueue,
     #[pin]
     pub(crate) repair: Mutex<RepairSlot>,
     #[pin]
@@ -90,6 +95,9 @@ fn words(pages: u64) -> Result<KVec<AtomicU64>> {
     }
     Ok(v)
 }
+
+/// Spill jobs that can wait at once (more fail the page: the device is far behind).
+const SPILL_JOBS: usize = 8192;
 
 impl Client {
     pub(crate) fn new(mut config: Config, set: Arc<TagSet<Client>>) -> Result<Arc<Self>> {
@@ -155,6 +163,7 @@ impl Client {
         let stale = [words(cfg.pages)?, words(cfg.pages)?, words(cfg.pages)?];
         let spilled = words(cfg.pages)?;
         let repair_slot = RepairSlot::new()?;
+        let spill_q = SpillQueue::new(SPILL_JOBS)?;
         Arc::pin_init(
             pin_init!(Self {
                 cfg: settings,
@@ -168,7 +177,9 @@ impl Client {
                 spilled,
                 gates,
                 gens,
+                spill_on: spill.is_some(),
                 spill <- new_mutex!(spill, "kclient:spill"),
+                spill_q <- spill_q,
                 repair <- new_mutex!(repair_slot, "kclient:repair"),
                 repair_done <- new_condvar!("kclient:repair"),
                 threads <- new_mutex!(KVec::new(), "kclient:threads"),
@@ -204,6 +215,10 @@ impl Client {
         self.spawn(b"kclient-mon", 0, 0, move || c.monitor_main())?;
         let c = self.clone();
         self.spawn(b"kclient-repair", 0, 0, move || c.repair_main())?;
+        if self.spill_on {
+            let c = self.clone();
+            self.spawn(b"kclient-spill", 0, 0, move || c.spill_main())?;
+        }
         let deadline = thread::now_ms() + u64::from(self.cfg.io_timeout_ms);
         while thread::now_ms() < deadline && !self.apps.iter().any(|a| a.is_up()) {
             thread::sleep_ms(20);

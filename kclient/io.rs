@@ -34,6 +34,7 @@ use crate::protocol::{
     PAGE_SIZE, SEAL_TAG_LEN,
 };
 use crate::sendq::SendItem;
+use crate::spill::SpillJob;
 use crate::stats::{self, STATS};
 use crate::thread;
 
@@ -206,7 +207,7 @@ impl Client {
                     if rq.state().local_part(p) {
                         rq.page_done();
                     }
-                } else if !self.spill_part(rq, p) {
+                } else if !self.queue_spill(rq, p, true) {
                     if !self.full_logged.swap(true, Ordering::AcqRel) {
                         pr_err!("no appliance can take this page (all down or full) and no spill device: writes fail\n");
                     }
@@ -308,27 +309,18 @@ impl Client {
         }
     }
 
-    /// Zeros for a page never stored, or the page from the spill device.
+    /// Zeros for a page never stored, or the page from the spill device (by the spill thread).
     fn read_locally(&self, rq: &Inflight<'_>, part: u32, page: u64) -> bool {
+        if self.is_spilled(page) {
+            return self.queue_spill(rq, part, false) || self.fail_read(rq, part);
+        }
         let mut buf = [0u8; 64];
-        let ok = if self.is_spilled(page) {
-            let mut guard = self.spill.lock();
-            let read = guard
-                .as_mut()
-                .map(|s| s.read(page, |b| rq.copy_in(part as usize * PAGE_SIZE, b)));
-            drop(guard);
-            matches!(read, Some(Ok(()))) && {
-                stats::inc(&STATS.pages_spill_read);
-                true
-            }
-        } else {
-            (0..PAGE_SIZE / buf.len()).all(|i| {
-                buf.fill(0);
-                rq.copy_in(part as usize * PAGE_SIZE + i * buf.len(), &buf)
-            }) && {
-                stats::inc(&STATS.pages_loaded_zero);
-                true
-            }
+        let ok = (0..PAGE_SIZE / buf.len()).all(|i| {
+            buf.fill(0);
+            rq.copy_in(part as usize * PAGE_SIZE + i * buf.len(), &buf)
+        }) && {
+            stats::inc(&STATS.pages_loaded_zero);
+            true
         };
         if !ok || !rq.state().local_part(part) {
             return self.fail_read(rq, part);
@@ -479,7 +471,7 @@ impl Client {
                         if answer == Answer::ConnLost && self.resend_write(rq, part, &set) {
                             return;
                         }
-                        if self.spill_part(rq, part) {
+                        if self.queue_spill(rq, part, true) {
                             return;
                         }
                         stats::inc(&STATS.failed_puts);
@@ -588,9 +580,64 @@ impl Client {
         true
     }
 
-    /// Puts a write's part on the spill device (every appliance full or down); false if there is
-    /// none or it failed.
-    fn spill_part(&self, rq: &Inflight<'_>, part: u32) -> bool {
+    /// Hands part `part` of `rq` to the spill thread: write it to the spill device (every
+    /// replica full or down) or read it back. False if there is no spill device or its queue is
+    /// full.
+    fn queue_spill(&self, rq: &Inflight<'_>, part: u32, write: bool) -> bool {
+        self.spill_on
+            && self.spill_q.push(SpillJob {
+                hctx: rq.hctx() as u8,
+                tag: rq.tag() as u16,
+                gen: rq.gen(),
+                part: part as u16,
+                write,
+            })
+    }
+
+    /// Body of the spill thread: the only one doing spill I/O (see `spill.rs` for why).
+    pub(crate) fn spill_main(&self) {
+        while !self.stopping() {
+            thread::yield_now();
+            let Some(job) = self.spill_q.pop_wait(200) else {
+                continue;
+            };
+            let Some(rq) = self
+                .set
+                .acquire(u32::from(job.hctx), u32::from(job.tag), job.gen)
+            else {
+                continue;
+            };
+            let part = u32::from(job.part);
+            if !job.write {
+                self.spill_read(&rq, part);
+            } else if !self.spill_write(&rq, part) {
+                stats::inc(&STATS.failed_puts);
+                if rq.state().in_flight() {
+                    stats::inc(&STATS.failed_requests);
+                }
+                rq.fail(blk::Status::IoErr);
+            }
+        }
+    }
+
+    /// A spilled page back into its read part.
+    fn spill_read(&self, rq: &Inflight<'_>, part: u32) {
+        let page = rq.sector() / 8 + u64::from(part);
+        let mut guard = self.spill.lock();
+        let read = guard
+            .as_mut()
+            .map(|s| s.read(page, |b| rq.copy_in(part as usize * PAGE_SIZE, b)));
+        drop(guard);
+        if matches!(read, Some(Ok(()))) && rq.state().local_part(part) {
+            stats::inc(&STATS.pages_spill_read);
+            rq.page_done();
+        } else {
+            self.fail_read(rq, part);
+        }
+    }
+
+    /// Puts a write's part on the spill device; false if that failed.
+    fn spill_write(&self, rq: &Inflight<'_>, part: u32) -> bool {
         let index = rq.sector() / 8 + u64::from(part);
         let mut guard = self.spill.lock();
         let Some(spill) = guard.as_mut() else {

@@ -27,17 +27,19 @@ pub(crate) enum SendItem {
     DestroyPool(u32),
 }
 
-struct Ring {
-    items: KVec<SendItem>,
+/// A bounded FIFO allocated once (the I/O path never allocates).
+pub(crate) struct Ring<T: Copy> {
+    items: KVec<T>,
     head: usize,
     len: usize,
 }
 
-impl Ring {
-    fn new(capacity: usize) -> Result<Self> {
+impl<T: Copy> Ring<T> {
+    /// `capacity` slots, filled with `filler` until used.
+    pub(crate) fn new(capacity: usize, filler: T) -> Result<Self> {
         let mut items = KVec::with_capacity(capacity, GFP_KERNEL)?;
         for _ in 0..capacity {
-            items.push(SendItem::Keepalive(0), GFP_KERNEL)?;
+            items.push(filler, GFP_KERNEL)?;
         }
         Ok(Ring {
             items,
@@ -46,7 +48,8 @@ impl Ring {
         })
     }
 
-    fn push(&mut self, item: SendItem) -> core::result::Result<(), SendItem> {
+    /// Appends `item`, or gives it back when full.
+    pub(crate) fn push(&mut self, item: T) -> core::result::Result<(), T> {
         let cap = self.items.len();
         if self.len == cap {
             return Err(item);
@@ -57,11 +60,12 @@ impl Ring {
         Ok(())
     }
 
-    fn peek(&self) -> Option<&SendItem> {
+    fn peek(&self) -> Option<&T> {
         (self.len > 0).then(|| &self.items[self.head])
     }
 
-    fn pop(&mut self) -> Option<SendItem> {
+    /// The oldest item.
+    pub(crate) fn pop(&mut self) -> Option<T> {
         if self.len == 0 {
             return None;
         }
@@ -70,6 +74,10 @@ impl Ring {
         self.len -= 1;
         Some(item)
     }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// Urgent items sent in a row before a waiting normal one gets its turn.
@@ -77,9 +85,9 @@ const URGENT_STREAK: u32 = 8;
 
 struct Queues {
     /// Reads (a page fault waits on them).
-    urgent: Ring,
+    urgent: Ring<SendItem>,
     /// Writes, discards, repair, keepalives, control.
-    normal: Ring,
+    normal: Ring<SendItem>,
     /// Urgent items popped in a row.
     streak: u32,
     open: bool,
@@ -128,8 +136,8 @@ impl SendQueue {
     /// A closed queue of `capacity` items of each kind.
     pub(crate) fn new(capacity: usize) -> Result<impl PinInit<Self>> {
         let queues = Queues {
-            urgent: Ring::new(capacity)?,
-            normal: Ring::new(capacity)?,
+            urgent: Ring::new(capacity, SendItem::Keepalive(0))?,
+            normal: Ring::new(capacity, SendItem::Keepalive(0))?,
             streak: 0,
             open: false,
         };

@@ -1,13 +1,76 @@
 //! The spill device: a local block device (`spill=/dev/...`) for pages no appliance can take, so
 //! a full cluster degrades to disk speed instead of failing swap writes (the kernel does not
 //! retry a failed swap write elsewhere). Page `i` of kclient's device lives at page `i` of the
-//! spill device. I/O is synchronous, through one bounce page, under the caller's lock.
+//! spill device. I/O is synchronous, through one bounce page, done by one kernel thread
+//! ([`SpillQueue`] feeds it): never in `queue_rq` or a receive thread, where waiting for another
+//! block device under memory pressure deadlocked (the spill bio sat behind the swapping task's
+//! plug, or behind kblockd work that was itself waiting in kclient).
 
 use kernel::ffi::c_char;
 use kernel::prelude::*;
+use kernel::sync::{new_condvar, new_mutex, CondVar, Mutex};
+use kernel::time::msecs_to_jiffies;
 
 use crate::ffi;
 use crate::protocol::PAGE_SIZE;
+use crate::sendq::Ring;
+
+/// One page of a request for the spill thread: write it to the spill device, or read it back.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SpillJob {
+    pub(crate) hctx: u8,
+    pub(crate) tag: u16,
+    pub(crate) gen: u32,
+    pub(crate) part: u16,
+    pub(crate) write: bool,
+}
+
+/// Jobs waiting for the spill thread.
+#[pin_data]
+pub(crate) struct SpillQueue {
+    #[pin]
+    ring: Mutex<Ring<SpillJob>>,
+    #[pin]
+    wake: CondVar,
+}
+
+impl SpillQueue {
+    /// Room for `capacity` jobs (every part of every request in flight fits).
+    pub(crate) fn new(capacity: usize) -> Result<impl PinInit<Self>> {
+        let filler = SpillJob {
+            hctx: 0,
+            tag: 0,
+            gen: 0,
+            part: 0,
+            write: false,
+        };
+        let ring = Ring::new(capacity, filler)?;
+        Ok(pin_init!(Self {
+            ring <- new_mutex!(ring, "kclient:spillq"),
+            wake <- new_condvar!("kclient:spillq"),
+        }))
+    }
+
+    /// Queues `job`; false if the queue is full.
+    pub(crate) fn push(&self, job: SpillJob) -> bool {
+        let pushed = self.ring.lock().push(job).is_ok();
+        if pushed {
+            self.wake.notify_one();
+        }
+        pushed
+    }
+
+    /// The next job, waiting up to `timeout_ms` for one.
+    pub(crate) fn pop_wait(&self, timeout_ms: u32) -> Option<SpillJob> {
+        let mut r = self.ring.lock();
+        if r.is_empty() {
+            let _ = self
+                .wake
+                .wait_interruptible_timeout(&mut r, msecs_to_jiffies(timeout_ms));
+        }
+        r.pop()
+    }
+}
 
 /// An open spill device and its bounce page.
 ///
