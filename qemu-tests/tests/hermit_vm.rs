@@ -119,7 +119,7 @@ fn hermit_passes_the_conformance_suite() {
     let frame_timeout = Duration::from_secs(5);
     // With keys, as deployed: every session of the suite authenticated and encrypted (the keys
     // reach the unikernel on its command line, `--key ID:HEX` each).
-    let keys = tmemctl::conformance::suite_keys(0x4e01_5e);
+    let keys = tmemctl::conformance::suite_keys(0x004e_015e);
     let key_args: Vec<String> = keys
         .iter()
         .map(|(id, k)| {

@@ -281,6 +281,11 @@ fn a_stalled_appliance_is_detected_in_time() {
     );
     assert_eq!(num(&result, "failed_requests"), Some(0), "{result:?}");
     assert!(num(&result, "stalls").unwrap_or(0) >= 1, "{result:?}");
+    assert_eq!(
+        num(&result, "timeouts"),
+        Some(0),
+        "the stall, not io_timeout_ms, must end the wait: {result:?}"
+    );
     // Detection bound: down_after_ms, plus the monitor's tick and the console's latency.
     assert!(
         detected <= Duration::from_millis(DOWN_AFTER_MS + 3000),
