@@ -340,7 +340,8 @@ impl std::fmt::Display for ClientId {
 
 /// Upper bound of the reply to a request, so the output buffer is sized before encoding.
 fn reply_bound(opcode: u8, payload: &[u8]) -> usize {
-    const ONE_PAGE: usize = protocol::PAGE_HEADER_LEN + PAGE_SIZE;
+    // The largest page a reply carries: a sealed page (4,096 + its tag), not just 4 KiB.
+    const ONE_PAGE: usize = protocol::PAGE_HEADER_LEN + protocol::MAX_PAGE_DATA;
     const ERROR_ROOM: usize = protocol::MAX_ERROR_MESSAGE;
     let body = match Opcode::from_u8(opcode) {
         Some(Opcode::Batch) => {

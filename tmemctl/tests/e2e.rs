@@ -171,3 +171,54 @@ fn stats_reports_unreachable_appliance() {
     assert!(!ok);
     assert!(stderr.contains("connecting to appliance"), "{stderr}");
 }
+
+/// A sealed page of the largest size (4,096 + tag) comes back whole, alone and in a batch (the
+/// appliance once sized single-page replies for 4 KiB and answered INTERNAL).
+#[test]
+fn sealed_pages_of_full_size_come_back() {
+    use protocol::{Encoding, Page, PageKey, PoolKind, Reply, Request, Status, MAX_PAGE_DATA};
+    let app = TestAppliance::start(64 << 20, Duration::from_secs(5));
+    let mut c = tmemctl::client::Client::connect(&app.target(), 0x5ea1, Duration::from_secs(5))
+        .expect("connect");
+    let pool = c.new_pool(PoolKind::Persistent).expect("pool");
+    let data: Vec<u8> = (0..MAX_PAGE_DATA).map(|i| (i * 7 + 3) as u8).collect();
+    let key = |index| PageKey {
+        pool,
+        object: [1, 2, 3],
+        index,
+    };
+    for index in 0..2 {
+        let put = Request::Put {
+            key: key(index),
+            page: Page {
+                encoding: Encoding::Sealed,
+                crc: protocol::crc32c(&data),
+                data: &data,
+            },
+        };
+        let frame = c.call(&put, 0).expect("put");
+        assert_eq!(frame.reply.status(), Status::Ok, "{:?}", frame.reply);
+    }
+    let frame = c.call(&Request::Get { key: key(0) }, 0).expect("get");
+    match &frame.reply {
+        Reply::Page(p) => {
+            assert_eq!(p.encoding, Encoding::Sealed);
+            assert_eq!(p.data, &data[..], "the sealed bytes as stored");
+        }
+        other => panic!("GET of a sealed page: {other:?}"),
+    }
+    let gets = [Request::Get { key: key(0) }, Request::Get { key: key(1) }];
+    let id = c.send_batch(&gets, 0, 0).expect("batch");
+    c.flush().expect("flush");
+    let frame = c.recv().expect("batch reply");
+    assert_eq!(frame.header.request_id, id);
+    let Reply::Batch(entries) = &frame.reply else {
+        panic!("batch reply: {:?}", frame.reply);
+    };
+    for entry in entries.clone() {
+        match entry.reply() {
+            Ok(Reply::Page(p)) => assert_eq!(p.data, &data[..]),
+            other => panic!("batched GET of a sealed page: {other:?}"),
+        }
+    }
+}
