@@ -215,7 +215,7 @@ fn sealed_pages_of_full_size_come_back() {
     let Reply::Batch(entries) = &frame.reply else {
         panic!("batch reply: {:?}", frame.reply);
     };
-    for entry in entries.clone() {
+    for entry in *entries {
         match entry.reply() {
             Ok(Reply::Page(p)) => assert_eq!(p.data, &data[..]),
             other => panic!("batched GET of a sealed page: {other:?}"),
