@@ -122,6 +122,29 @@ pub struct Appliance {
     pub port: u16,
 }
 
+/// Waits (bounded) until an appliance started with piped stdout says it is listening; reads
+/// its stdout on a thread, so a silent appliance cannot block us. On failure the caller drops
+/// the guard, which kills it.
+pub fn wait_listening(child: &mut ChildGuard, timeout: Duration) -> std::io::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent && line.contains("listening") {
+                    let _ = tx.send(());
+                    sent = true;
+                }
+            }
+        });
+    }
+    rx.recv_timeout(timeout).map_err(|_| {
+        std::io::Error::other(format!(
+            "appliance did not start listening within {timeout:?}"
+        ))
+    })
+}
+
 impl Appliance {
     /// Starts `binary --listen 127.0.0.1:PORT --memory MEMORY` on a free port and waits (bounded)
     /// until it says it is listening.
@@ -165,28 +188,8 @@ impl Appliance {
                 .stderr(Stdio::inherit())
                 .spawn()?,
         );
-        let stdout = child.stdout.take();
-        let appliance = Appliance { child, port };
-        // Read the "listening" line on a thread so a silent appliance cannot block us.
-        let (tx, rx) = std::sync::mpsc::channel();
-        if let Some(stdout) = stdout {
-            std::thread::spawn(move || {
-                let mut sent = false;
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if !sent && line.contains("listening") {
-                        let _ = tx.send(());
-                        sent = true;
-                    }
-                }
-            });
-        }
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(()) => Ok(appliance),
-            // Dropping the guard kills it.
-            Err(_) => Err(std::io::Error::other(
-                "appliance did not start listening within 20 s",
-            )),
-        }
+        wait_listening(&mut child, Duration::from_secs(20))?;
+        Ok(Appliance { child, port })
     }
 
     /// Kills the appliance now (SIGKILL) and reaps it.

@@ -4,7 +4,6 @@
 
 #![allow(dead_code)] // not every test file uses every helper
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -12,7 +11,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use protocol::StatId;
-use qemu_tests::linux_vm::appliance_binary;
+use qemu_tests::linux_vm::{appliance_binary, wait_listening};
 use qemu_tests::{free_port, poll, ChildGuard};
 use tmemctl::client::Client;
 use tmemctl::secure::Identity;
@@ -82,19 +81,7 @@ impl Node {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = ChildGuard::new(cmd.spawn().expect("spawn appliance"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !sent && line.contains("listening") {
-                    let _ = tx.send(());
-                    sent = true;
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(20))
-            .expect("appliance listening within 20 s");
+        wait_listening(&mut child, Duration::from_secs(20)).expect("appliance listening");
         self.child = Some(child);
     }
 
