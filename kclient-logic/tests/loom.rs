@@ -214,3 +214,71 @@ fn a_repair_copy_never_overtakes_a_write() {
         }
     });
 }
+
+/// Both replicas of a one-page write lose their connections (each receive thread fails its
+/// answer) while a late answer from replica 0 arrives: whoever gets the part's failure resends
+/// it once to both, and a second failure is final. The request completes exactly once, the part
+/// is resent at most once, and a success is reported only if some replica stored the page.
+#[test]
+fn a_write_resent_after_lost_connections_completes_once() {
+    model(|| {
+        let r = Arc::new(RequestState::new());
+        let (done, status) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (resends, stored) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        r.start(5, 1);
+        r.await_all(0, 0b11);
+        // Finishes the request after `outcome` of the part; a failure resends it once, and the
+        // resent copy is stored by replica 0 only. `stored` counts accepted successful answers.
+        let settle = {
+            let (r, resends, stored) = (r.clone(), resends.clone(), stored.clone());
+            move |outcome: PartOutcome| -> bool {
+                let final_outcome = |o: PartOutcome| match o {
+                    PartOutcome::Done => r.part_done() && r.finish(None),
+                    PartOutcome::Failed => r.finish(Some(10)),
+                    _ => false,
+                };
+                if outcome == PartOutcome::Failed && r.resend_write(0, 0b11) {
+                    resends.fetch_add(1, Ordering::SeqCst);
+                    let refused = final_outcome(r.answer_write(0, 1, false));
+                    let answer = r.answer_write(0, 0, true);
+                    if answer != PartOutcome::Unexpected {
+                        stored.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let accepted = final_outcome(answer);
+                    return refused || accepted;
+                }
+                final_outcome(outcome)
+            }
+        };
+        let answer = |slot: u8, ok: bool| {
+            let (r, done, status, stored) =
+                (r.clone(), done.clone(), status.clone(), stored.clone());
+            let settle = settle.clone();
+            thread::spawn(move || {
+                let answer = r.answer_write(0, slot, ok);
+                if ok && answer != PartOutcome::Unexpected {
+                    stored.fetch_add(1, Ordering::SeqCst);
+                }
+                let must = settle(answer);
+                maybe_complete(&r, must, &done, &status);
+            })
+        };
+        // The submitter's use is held throughout (the use counting has its own models above).
+        let lost0 = answer(0, false);
+        let lost1 = answer(1, false);
+        let late0 = answer(0, true);
+        for t in [lost0, lost1, late0] {
+            t.join().unwrap();
+        }
+        let must = r.release();
+        maybe_complete(&r, must, &done, &status);
+        assert!(resends.load(Ordering::SeqCst) <= 1, "resent at most once");
+        assert_eq!(done.load(Ordering::SeqCst), 1, "completes exactly once");
+        if status.load(Ordering::SeqCst) == 0 {
+            assert!(
+                stored.load(Ordering::SeqCst) > 0,
+                "success needs a stored copy the state machine accepted"
+            );
+        }
+    });
+}

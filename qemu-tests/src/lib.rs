@@ -13,6 +13,7 @@
 
 pub mod artefacts;
 pub mod evil_appliance;
+pub mod evil_verdict;
 pub mod linux_vm;
 pub mod netns;
 pub mod poll;

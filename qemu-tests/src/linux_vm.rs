@@ -246,6 +246,34 @@ pub fn num(result: &HashMap<String, String>, key: &str) -> Option<i64> {
     result.get(key)?.parse().ok()
 }
 
+/// What every `tmem_test=swap` run must show (its `TMEM-RESULT` and console `log`): each step of
+/// the script succeeded, the workload verified every byte, pages went out to the appliances and
+/// came back, and no request failed or was answered wrongly.
+pub fn assert_swap_verified(result: &HashMap<String, String>, log: &str) {
+    for key in ["insmod", "mkswap", "swapon", "workload", "swapoff", "rmmod"] {
+        assert_eq!(num(result, key), Some(0), "{key} failed: {result:?}");
+    }
+    assert_eq!(result.get("status").map(String::as_str), Some("pass"));
+    assert!(
+        log.contains("TMEM-WORKLOAD status=ok"),
+        "workload did not verify"
+    );
+    let stored = num(result, "pages_stored").unwrap_or(0);
+    let loaded = num(result, "pages_loaded").unwrap_or(0);
+    assert!(
+        stored > 1000 && loaded > 1000,
+        "pages must go to the appliance and come back: {result:?}"
+    );
+    for key in [
+        "failed_requests",
+        "checksum_errors",
+        "lost_pages",
+        "protocol_errors",
+    ] {
+        assert_eq!(num(result, key), Some(0), "{key} nonzero: {result:?}");
+    }
+}
+
 /// Waits (bounded) until the VM has exited; returns whether it did.
 pub fn wait_exit(vm: &mut Qemu, timeout: Duration) -> bool {
     crate::poll(timeout, Duration::from_millis(100), || {

@@ -2,9 +2,8 @@
 //! lockdep (`PROVE_LOCKING`), generic KASAN and `DEBUG_ATOMIC_SLEEP`. Any report of theirs fails.
 //!
 //! - `debug_kernel_malicious_appliance`: the evil-appliance run of `kclient_evil.rs` (every
-//!   [`Mode`], module load, direct I/O, unload) on the debug kernel. It checks what the checkers
-//!   need to have seen (every mode ran, nothing hung, no wrong data, every loaded module unloaded);
-//!   the per-mode error semantics are `kclient_evil.rs`'s job on the normal kernel.
+//!   [`Mode`], module load, direct I/O, unload) on the debug kernel, held to the same per-mode
+//!   verdict (`qemu_tests::evil_verdict`) as on the normal kernel.
 //! - `debug_kernel_swap`: the swap workload (`compress=1`, verified byte for byte; two appliances
 //!   with `replicas=2`, keyed sessions, `encrypt_pages=1`) at 224 MiB, 1.5x
 //!   the ~147 MiB the debug kernel leaves free in a 256 MiB VM. Much shorter than
@@ -20,9 +19,11 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use qemu_tests::evil_appliance::{EvilAppliance, Mode};
+use qemu_tests::evil_appliance::Mode;
+use qemu_tests::evil_verdict::{failures, start_every_mode};
 use qemu_tests::linux_vm::{
-    boot_client, debug_client_image, kernel_problems, num, parse_result, tagged_lines, wait_exit,
+    assert_swap_verified, boot_client, debug_client_image, kernel_problems, num, parse_result,
+    wait_exit,
 };
 use support::cluster::{client_args, cluster, targets};
 
@@ -91,7 +92,10 @@ fn run_debug_vm(
     // watchdog_thresh=60 (soft lockups reported after 120 s instead of 20 s): under TCG on a
     // busy 2-core host the KASAN kernel's own boot (PID 1 still `swapper`) once held a vCPU for
     // 26 s; a real lockup in kclient still shows, and the test's time limits catch a hang.
-    let append = format!("{append} loglevel=7 watchdog_thresh=60");
+    // rcu_cpu_stall_timeout=120 for the same boot stall, which RCU's detector (21 s) reported
+    // in one run (unpacking the initramfs under KASAN, "rcu_sched kthread starved").
+    let append =
+        format!("{append} loglevel=7 watchdog_thresh=60 rcupdate.rcu_cpu_stall_timeout=120");
     let mut vm = boot_client(name, &image, VM_MEMORY, VM_CPUS, &append).expect("boot client VM");
     let waited = vm.wait_for_output("TMEM-RESULT", limit);
     let exited = wait_exit(&mut vm, Duration::from_secs(120));
@@ -119,56 +123,16 @@ fn run_debug_vm(
 #[test]
 #[ignore = "VM test: run by cargo xtask test-vm"]
 fn debug_kernel_malicious_appliance() {
-    let servers: Vec<EvilAppliance> = Mode::ALL
-        .iter()
-        .map(|&m| EvilAppliance::start(m).expect("start evil appliance"))
-        .collect();
-    let spec: Vec<String> = servers
-        .iter()
-        .map(|s| format!("{}:{}", s.mode().name(), s.port()))
-        .collect();
-    let append = format!(
-        "tmem_test=evil tmem_evil={} tmem_timeout_ms=2000",
-        spec.join(",")
-    );
+    let (_servers, spec) = start_every_mode();
+    let append = format!("tmem_test=evil tmem_evil={spec} tmem_timeout_ms=2000");
     let (result, log, _) = run_debug_vm("kclient_debug_evil", &append, Duration::from_secs(1200));
     assert_eq!(
         num(&result, "modes"),
         Some(Mode::ALL.len() as i64),
         "every mode must run: {result:?}"
     );
-    let modes: HashMap<String, HashMap<String, String>> = tagged_lines(&log, "TMEM-EVIL")
-        .map(|kv: HashMap<String, String>| (kv.get("mode").cloned().unwrap_or_default(), kv))
-        .collect();
-    let mut failures = Vec::new();
-    for mode in Mode::ALL {
-        let Some(r) = modes.get(mode.name()) else {
-            failures.push(format!("{}: no TMEM-EVIL line", mode.name()));
-            continue;
-        };
-        let n = |k: &str| num(r, k).unwrap_or(-1);
-        let field = |k: &str| r.get(k).map(String::as_str).unwrap_or("");
-        let mut check = |ok: bool, what: &str| {
-            if !ok {
-                failures.push(format!("{}: {what} ({r:?})", mode.name()));
-            }
-        };
-        check(n("hang") == 0, "a command had to be killed (hang)");
-        if mode.breaks_handshake() {
-            check(n("insmod") > 0, "insmod must fail");
-            continue;
-        }
-        check(n("insmod") == 0, "insmod failed");
-        check(n("rmmod") == 0, "rmmod failed");
-        check(n("r1_bad") == 0, "a single-page read returned wrong data");
-        check(field("r2") != "bad", "the 4-page read returned wrong data");
-        if mode == Mode::Honest {
-            check(
-                n("r1_ok") == 4 && field("r2") == "ok" && n("w2") == 0,
-                "honest I/O must succeed",
-            );
-        }
-    }
+    // The same verdict as on the normal kernel (kclient_evil.rs).
+    let failures = failures(&log);
     assert!(
         failures.is_empty(),
         "kclient on the debug kernel:\n{}",
@@ -188,28 +152,7 @@ fn debug_kernel_swap() {
         client_args()
     );
     let (result, log, _) = run_debug_vm("kclient_debug_swap", &append, Duration::from_secs(1200));
-    for key in ["insmod", "mkswap", "swapon", "workload", "swapoff", "rmmod"] {
-        assert_eq!(num(&result, key), Some(0), "{key} failed: {result:?}");
-    }
-    assert_eq!(result.get("status").map(String::as_str), Some("pass"));
-    assert!(
-        log.contains("TMEM-WORKLOAD status=ok"),
-        "workload did not verify"
-    );
-    let stored = num(&result, "pages_stored").unwrap_or(0);
-    let loaded = num(&result, "pages_loaded").unwrap_or(0);
-    assert!(
-        stored > 1000 && loaded > 1000,
-        "pages must go to the appliance and come back: {result:?}"
-    );
-    for key in [
-        "failed_requests",
-        "checksum_errors",
-        "lost_pages",
-        "protocol_errors",
-    ] {
-        assert_eq!(num(&result, key), Some(0), "{key} nonzero: {result:?}");
-    }
+    assert_swap_verified(&result, &log);
     assert!(
         num(&result, "pages_sealed").unwrap_or(0) > 1000,
         "sealed pages: {result:?}"

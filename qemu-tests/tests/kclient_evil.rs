@@ -15,13 +15,13 @@
 //! A VM test (ignored by `cargo test`; `cargo xtask test-vm` runs it): needs `cargo xtask
 //! client-image`, and fails saying so without it.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use qemu_tests::evil_appliance::{EvilAppliance, Mode};
+use qemu_tests::evil_appliance::Mode;
+use qemu_tests::evil_verdict::{failures, field, mode_results, start_every_mode};
 use qemu_tests::linux_vm::{
-    appliance_binary, boot_client, client_image, kernel_problems, num, parse_result, tagged_lines,
-    wait_exit, Appliance,
+    appliance_binary, boot_client, client_image, kernel_problems, num, parse_result, wait_exit,
+    Appliance,
 };
 
 const VM_MEMORY: &str = "256M";
@@ -31,230 +31,13 @@ const IO_TIMEOUT_MS: u64 = 2000;
 /// Bound for the whole guest run (boot, nine modes, poweroff) under TCG on a shared machine.
 const VM_LIMIT: Duration = Duration::from_secs(600);
 
-/// The `TMEM-EVIL mode=... key=value ...` lines of a console log, by mode.
-fn mode_results(log: &str) -> HashMap<String, HashMap<String, String>> {
-    tagged_lines(log, "TMEM-EVIL")
-        .map(|kv: HashMap<String, String>| (kv.get("mode").cloned().unwrap_or_default(), kv))
-        .collect()
-}
-
-fn field<'a>(r: &'a HashMap<String, String>, key: &str) -> &'a str {
-    r.get(key).map(String::as_str).unwrap_or("")
-}
-
-/// Checks one mode's outcome; returns what is wrong (empty: fine).
-fn expect(bad: &mut Vec<String>, ok: bool, what: &str) {
-    if !ok {
-        bad.push(what.to_string());
-    }
-}
-
-fn check_mode(mode: Mode, r: &HashMap<String, String>) -> Vec<String> {
-    let mut bad = Vec::new();
-    let n = |k: &str| num(r, k).unwrap_or(-1);
-    if mode.breaks_handshake() {
-        // insmod must fail (no device), quickly, and leave nothing behind.
-        expect(&mut bad, n("insmod") > 0, "insmod must fail");
-        expect(&mut bad, field(r, "rmmod") == "na", "nothing to unload");
-        expect(
-            &mut bad,
-            n("hang") == 0,
-            "a command had to be killed (hang)",
-        );
-        expect(
-            &mut bad,
-            n("seconds") >= 0 && n("seconds") < 30,
-            "a broken handshake must fail within the I/O timeout",
-        );
-        return bad;
-    }
-    // Every mode: loads, the honest pages are stored, nothing hangs, nothing wrong is accepted,
-    // and the module unloads.
-    expect(&mut bad, n("insmod") == 0, "insmod failed");
-    expect(
-        &mut bad,
-        n("w1") == 0,
-        "write of the honestly stored pages failed",
-    );
-    expect(
-        &mut bad,
-        n("hang") == 0,
-        "an I/O command had to be killed (hang)",
-    );
-    expect(
-        &mut bad,
-        n("r1_bad") == 0,
-        "a single-page read returned wrong data",
-    );
-    expect(
-        &mut bad,
-        field(r, "r2") != "bad",
-        "the 4-page read returned wrong data",
-    );
-    expect(&mut bad, n("rmmod") == 0, "rmmod failed");
-    expect(
-        &mut bad,
-        n("seconds") >= 0 && n("seconds") < 120,
-        "mode took too long (>= 120 s)",
-    );
-    let errors_expected = |bad: &mut Vec<String>| {
-        for (ok, what) in [
-            (n("r1_fail") == 4, "single-page reads must all fail"),
-            (field(r, "r2") == "fail", "the 4-page read must fail"),
-            (
-                n("w2") > 0,
-                "the write the appliance misbehaves on must fail",
-            ),
-            (
-                [
-                    "failed_gets",
-                    "failed_puts",
-                    "failed_requests",
-                    "timeouts",
-                    "protocol_errors",
-                ]
-                .iter()
-                .map(|k| n(k).max(0))
-                .sum::<i64>()
-                    > 0,
-                "the failures must show in kclient's counters",
-            ),
-        ] {
-            if !ok {
-                bad.push(what.to_string());
-            }
-        }
-    };
-    match mode {
-        Mode::Honest => {
-            expect(
-                &mut bad,
-                n("r1_ok") == 4,
-                "honest single-page reads must succeed",
-            );
-            expect(
-                &mut bad,
-                field(r, "r2") == "ok",
-                "honest 4-page read must succeed",
-            );
-            expect(&mut bad, n("w2") == 0, "honest write must succeed");
-            for k in [
-                "protocol_errors",
-                "checksum_errors",
-                "failed_requests",
-                "timeouts",
-            ] {
-                expect(
-                    &mut bad,
-                    n(k) == 0,
-                    &format!("{k} must stay 0 with an honest appliance"),
-                );
-            }
-        }
-        Mode::Garbage | Mode::Oversized => {
-            errors_expected(&mut bad);
-            expect(
-                &mut bad,
-                n("protocol_errors") > 0,
-                "protocol_errors must rise",
-            );
-        }
-        Mode::Truncated => {
-            errors_expected(&mut bad);
-            expect(
-                &mut bad,
-                n("failed_requests") > 0,
-                "failed_requests must rise",
-            );
-        }
-        Mode::WrongId => {
-            errors_expected(&mut bad);
-            expect(&mut bad, n("stale_replies") > 0, "stale_replies must rise");
-            expect(
-                &mut bad,
-                n("protocol_errors") > 0,
-                "out-of-range parts must count as protocol_errors",
-            );
-        }
-        Mode::Duplicate => {
-            // Single-page requests got one correct answer each; multi-page ones duplicates.
-            expect(
-                &mut bad,
-                n("r1_ok") == 4,
-                "correctly answered single-page reads succeed",
-            );
-            expect(
-                &mut bad,
-                field(r, "r2") == "fail",
-                "a read answered with duplicates must fail",
-            );
-            expect(
-                &mut bad,
-                n("w2") > 0,
-                "a write answered with duplicates must fail",
-            );
-            expect(
-                &mut bad,
-                n("protocol_errors") > 0,
-                "protocol_errors must rise",
-            );
-        }
-        Mode::BadReply => {
-            errors_expected(&mut bad);
-            expect(
-                &mut bad,
-                n("checksum_errors") > 0,
-                "checksum_errors must rise",
-            );
-            expect(
-                &mut bad,
-                n("protocol_errors") > 0,
-                "protocol_errors must rise",
-            );
-        }
-        Mode::Unsolicited => {
-            errors_expected(&mut bad);
-            expect(
-                &mut bad,
-                n("protocol_errors") > 0,
-                "protocol_errors must rise",
-            );
-            expect(
-                &mut bad,
-                n("stale_replies") > 0,
-                "unsolicited replies must count as stale",
-            );
-        }
-        Mode::Stall => {
-            errors_expected(&mut bad);
-            expect(
-                &mut bad,
-                n("stalls") > 0,
-                "the failure detector must reset the stalled connection (stalls)",
-            );
-        }
-        Mode::HelloGarbage | Mode::HelloStall => {}
-    }
-    bad
-}
-
 #[test]
 #[ignore = "VM test: run by cargo xtask test-vm"]
 fn malicious_appliance_replies_rejected() {
     let name = "kclient_evil";
     let image = client_image();
-    let servers: Vec<EvilAppliance> = Mode::ALL
-        .iter()
-        .map(|&m| EvilAppliance::start(m).expect("start evil appliance"))
-        .collect();
-    let spec: Vec<String> = servers
-        .iter()
-        .map(|s| format!("{}:{}", s.mode().name(), s.port()))
-        .collect();
-    let append = format!(
-        "tmem_test=evil tmem_evil={} tmem_timeout_ms={IO_TIMEOUT_MS}",
-        spec.join(",")
-    );
+    let (servers, spec) = start_every_mode();
+    let append = format!("tmem_test=evil tmem_evil={spec} tmem_timeout_ms={IO_TIMEOUT_MS}");
     let start = Instant::now();
     let mut vm = boot_client(name, &image, VM_MEMORY, VM_CPUS, &append).expect("boot client VM");
     let waited = vm.wait_for_output("TMEM-RESULT", VM_LIMIT);
@@ -289,10 +72,8 @@ fn malicious_appliance_replies_rejected() {
     );
 
     let modes = mode_results(&log);
-    let mut failures = Vec::new();
     for mode in Mode::ALL {
         let Some(r) = modes.get(mode.name()) else {
-            failures.push(format!("{}: no TMEM-EVIL line", mode.name()));
             continue;
         };
         eprintln!(
@@ -310,10 +91,8 @@ fn malicious_appliance_replies_rejected() {
             field(r, "timeouts"),
             field(r, "failed_requests"),
         );
-        for what in check_mode(mode, r) {
-            failures.push(format!("{}: {what} ({r:?})", mode.name()));
-        }
     }
+    let failures = failures(&log);
     assert!(
         failures.is_empty(),
         "kclient mishandled a malicious appliance:\n{}\nlog: {}",
@@ -337,17 +116,9 @@ fn malicious_appliance_replies_rejected() {
 fn malicious_appliance_beside_an_honest_replica() {
     let image = client_image();
     let honest = Appliance::start(&appliance_binary(), "256MiB").expect("honest appliance");
-    let servers: Vec<EvilAppliance> = Mode::ALL
-        .iter()
-        .map(|&m| EvilAppliance::start(m).expect("start evil appliance"))
-        .collect();
-    let spec: Vec<String> = servers
-        .iter()
-        .map(|s| format!("{}:{}", s.mode().name(), s.port()))
-        .collect();
+    let (servers, spec) = start_every_mode();
     let append = format!(
-        "tmem_test=evil tmem_evil={} tmem_honest={} tmem_timeout_ms={IO_TIMEOUT_MS}",
-        spec.join(","),
+        "tmem_test=evil tmem_evil={spec} tmem_honest={} tmem_timeout_ms={IO_TIMEOUT_MS}",
         honest.port
     );
     let mut vm = boot_client("kclient_evil_honest", &image, VM_MEMORY, VM_CPUS, &append)

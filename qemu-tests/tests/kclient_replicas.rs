@@ -3,11 +3,12 @@
 //! the client's key (every appliance here has it).
 //!
 //! - `losing_any_one_appliance_loses_nothing`: three appliances, replicas=2, a verified workload
-//!   of 3x RAM. One appliance is SIGKILLed mid-workload and restarted empty; once repair has
-//!   brought every extent back to two copies, a *different* appliance is killed for good. The
-//!   workload verifies every page (the repaired appliance serves many of them: checked on its
-//!   counters), nothing is OOM-killed, the counters show the failures, the pool loss and the
-//!   repair.
+//!   of 2x RAM, filled and verified twice (two passes: long enough for the kill, the repair and
+//!   the second kill to land while it runs). One appliance is SIGKILLed mid-workload and
+//!   restarted empty; once repair has brought every extent back to two copies, a *different*
+//!   appliance is killed for good. The workload verifies every page (the repaired appliance
+//!   serves many of them: checked on its counters), nothing is OOM-killed, the counters show the
+//!   failures, the pool loss and the repair.
 //! - `both_replicas_lost`: replicas=2 over two appliances, both killed once the workload reads
 //!   its pages back: those reads fail with I/O errors counted in `lost_pages`, nothing hangs,
 //!   swapoff and rmmod complete.
@@ -145,7 +146,11 @@ fn finish_failing(mut vm: Qemu) -> HashMap<String, String> {
 #[ignore = "VM test: run by cargo xtask test-vm"]
 fn losing_any_one_appliance_loses_nothing() {
     let mut nodes = cluster(3, "2GiB");
-    let mut vm = boot("kclient_replicas", &nodes, "tmem_replicas=2 tmem_passes=2");
+    let mut vm = boot(
+        "kclient_replicas",
+        &nodes,
+        "tmem_replicas=2 tmem_passes=2 tmem_mib=512",
+    );
     vm.wait_for_output("TMEM-PHASE workload-start", Duration::from_secs(300))
         .expect("workload started");
     // Both copies of enough pages out there before the first kill.

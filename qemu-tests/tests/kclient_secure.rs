@@ -3,8 +3,8 @@
 //! The probe: tmem-workload's pages are deterministic, so the host computes the first 32 bytes
 //! of some of its random pages (markers no other data contains) and looks for them.
 //!
-//! - `sessions_hide_pages_on_the_wire`: a verified 2x-RAM workload through a recording proxy
-//!   (`kclient_replicas.rs` swaps 3x RAM with keys).
+//! - `sessions_hide_pages_on_the_wire`: a verified 1.5x-RAM workload through a recording proxy
+//!   (`kclient_replicas.rs` swaps up to 3x RAM with keys).
 //!   No marker crosses the wire (sessions are encrypted), while the appliance's memory
 //!   (`/proc/PID/mem`) does hold them: the markers were written and stored, so the probe works.
 //! - `encrypt_pages_hides_pages_from_the_appliance`: the same with `encrypt_pages=1`: the
@@ -286,7 +286,7 @@ fn assert_passed(r: &Run) {
 #[test]
 #[ignore = "VM test: run by cargo xtask test-vm"]
 fn sessions_hide_pages_on_the_wire() {
-    let r = run("kclient_secure_wire", 512, "");
+    let r = run("kclient_secure_wire", 384, "");
     assert_passed(&r);
     assert!(
         r.in_memory > 0,

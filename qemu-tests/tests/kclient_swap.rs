@@ -11,14 +11,15 @@
 //!
 //! VM tests (ignored by `cargo test`; `cargo xtask test-vm` runs them): they need
 //! `cargo xtask client-image && cargo build --release -p appliance`, and fail saying so without.
-//! Env: `TMEM_KCLIENT_MIB` overrides the workload size (default 3 x 256 MiB).
+//! Env: `TMEM_KCLIENT_MIB` overrides the 3x-RAM run's workload size (default 3 x 256 MiB); the
+//! disturbed runs swap 1.5x RAM (the disturbance needs swapping in flight, not volume).
 
 use std::time::{Duration, Instant};
 
 use protocol::StatId;
 use qemu_tests::linux_vm::{
-    appliance_binary, boot_client, client_image, kernel_problems, kernel_problems_ignoring, num,
-    parse_result, wait_exit, Appliance,
+    appliance_binary, assert_swap_verified, boot_client, client_image, kernel_problems,
+    kernel_problems_ignoring, num, parse_result, wait_exit, Appliance,
 };
 use qemu_tests::{poll, Qemu};
 
@@ -61,23 +62,11 @@ fn swap_workload_3x_ram() {
         "kernel problems: {problems:#?}\nlog: {}",
         vm.log_path().display()
     );
-    for key in [
-        "insmod", "mkswap", "swapon", "workload", "swapoff", "rmmod", "oops",
-    ] {
-        assert_eq!(num(&result, key), Some(0), "{key} failed: {result:?}");
-    }
-    assert_eq!(result.get("status").map(String::as_str), Some("pass"));
-    assert!(
-        log.contains("TMEM-WORKLOAD status=ok"),
-        "workload did not verify"
-    );
-
-    // Pages really went to the appliance and came back.
+    assert_swap_verified(&result, &log);
+    assert_eq!(num(&result, "oops"), Some(0), "{result:?}");
     let stored = num(&result, "pages_stored").unwrap_or(0);
     let loaded = num(&result, "pages_loaded").unwrap_or(0);
     let pswpout = num(&result, "pswpout").unwrap_or(0);
-    assert!(stored > 1000, "too few pages stored: {result:?}");
-    assert!(loaded > 1000, "too few pages loaded: {result:?}");
     // Every page swapped out went to the appliance (give or take the mkswap header and pages the
     // shell swapped while the counters were being read).
     assert!(
@@ -100,15 +89,7 @@ fn swap_workload_3x_ram() {
         compressed > 100 && compressed <= stored,
         "pages_compressed {compressed} of {stored} stored: {result:?}"
     );
-    for key in [
-        "failed_puts",
-        "failed_gets",
-        "failed_requests",
-        "checksum_errors",
-        "lost_pages",
-        "timeouts",
-        "protocol_errors",
-    ] {
+    for key in ["failed_puts", "failed_gets", "timeouts"] {
         assert_eq!(num(&result, key), Some(0), "{key} nonzero: {result:?}");
     }
     assert!(exited, "VM did not power off");
@@ -118,6 +99,10 @@ fn swap_workload_3x_ram() {
 /// Pages the appliance must hold before a test disturbs it: 8 MiB of swapped-out pages, so the
 /// workload has pages there it will need again (the disturbance hits I/O in flight).
 const PAGES_BEFORE_DISTURBING: u64 = 2048;
+
+/// The disturbed runs' workload: 1.5x the VM's RAM keeps it swapping through the disturbance
+/// and past it, at half the 3x run's cost (the suite's time is mostly VM time).
+const DISTURBED_MIB: u64 = 384;
 
 /// Waits until the appliance at 127.0.0.1:`port` holds at least `min_pages` pages (its STATS over
 /// TCP, polled every 250 ms; bounded by `timeout`, attempts and the VM staying up). Returns the
@@ -177,7 +162,7 @@ fn run_disturbed(
     let append = format!(
         "tmem_test=fail tmem_target=10.0.2.2:{} tmem_size=1G tmem_mib={} tmem_timeout_ms={timeout_ms}",
         appliance.port,
-        workload_mib()
+        DISTURBED_MIB
     );
     let mut vm = boot_client(name, &image, VM_MEMORY, VM_CPUS, &append).expect("boot client VM");
     vm.wait_for_output("TMEM-PHASE workload-start", Duration::from_secs(300))

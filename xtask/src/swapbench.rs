@@ -72,6 +72,14 @@ pub struct SwapBenchArgs {
     /// `auto` (tap when possible, else user, saying why).
     #[arg(long = "swap-net", default_value = "auto", value_parser = ["auto", "tap", "user"])]
     pub net: String,
+    /// The client kernel's ChaCha20 (keyed backends): `scalar` boots it with
+    /// `clearcpuid=ssse3,avx,avx2,avx512f` so it runs the portable C code, `simd` leaves the
+    /// CPU's features (the kernel then picks its AVX2 code). TCG emulates those vector
+    /// instructions at about twice the cost of the scalar code, where hardware runs them several
+    /// times faster: `simd` would charge the emulator's cost to encryption. Every backend boots
+    /// the same way (user space is unaffected).
+    #[arg(long = "swap-guest-crypto", default_value = "scalar", value_parser = ["scalar", "simd"])]
+    pub guest_crypto: String,
     /// Limit for one backend's VM (all its runs), seconds.
     #[arg(long = "swap-vm-timeout", default_value_t = 2400)]
     pub vm_timeout_s: u64,

@@ -80,6 +80,9 @@ pub(super) fn run_backend(
         args.workloads.join(","),
         seq_only_above
     );
+    if args.guest_crypto == "scalar" {
+        append.push_str(" clearcpuid=ssse3,avx,avx2,avx512f");
+    }
     // With tap networking, servers and the client VM share a namespace made for this backend; it
     // is dropped last (after every process in it).
     let netns = match args.net.as_str() {

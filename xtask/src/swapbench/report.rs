@@ -74,7 +74,8 @@ pub(super) fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> Stri
     let swap_backends: Vec<&str> = backends.iter().copied().filter(|b| *b != "ram").collect();
     let _ = write!(
         t,
-        "Command: `cargo xtask bench --swap` (sizes {} MiB, workloads {}, backends {}, network {}{}). \
+        "Command: `cargo xtask bench --swap` (sizes {} MiB, workloads {}, backends {}, network {}, \
+         guest crypto {}{}). \
          Client VM: our Linux 6.12 kernel, {} MiB RAM, {} vCPUs, QEMU TCG (no KVM) on a 2-core machine \
          shared with other work, so absolute times are slow and noisy: compare ratios within this run only. \
          The `ram` run boots the same VM with {} MiB so nothing swaps (the lower bound). Each backend is \
@@ -86,6 +87,7 @@ pub(super) fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> Stri
         args.workloads.join(","),
         backends.join(","),
         args.net,
+        args.guest_crypto,
         if took.is_zero() {
             String::new()
         } else {
@@ -126,16 +128,33 @@ pub(super) fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> Stri
     for b in &backends {
         let _ = write!(t, " {b} s |");
     }
-    for b in &swap_backends {
+    // Ratio columns only against the peers this run has (a run of kclient variants alone has
+    // no ram, nbd or disk).
+    let has = |b: &str| backends.contains(&b);
+    let ram_cols: &[&str] = if has("ram") { &swap_backends } else { &[] };
+    let nbd_cols = has("nbd") && has("kclient");
+    for b in ram_cols {
         let _ = write!(t, " {b} / ram |");
     }
     let variants = kclient_variants(&backends);
-    t.push_str(" kclient / nbd | disk / nbd | (kclient - disk) / (nbd - disk) |");
-    for v in &variants {
-        let _ = write!(t, " {v} / kclient | {v} / nbd |");
+    if nbd_cols {
+        t.push_str(" kclient / nbd |");
+        if has("disk") {
+            t.push_str(" disk / nbd | (kclient - disk) / (nbd - disk) |");
+        }
     }
+    for v in &variants {
+        let _ = write!(t, " {v} / kclient |");
+        if nbd_cols {
+            let _ = write!(t, " {v} / nbd |");
+        }
+    }
+    let columns = backends.len()
+        + ram_cols.len()
+        + usize::from(nbd_cols) * (1 + 2 * usize::from(has("disk")))
+        + variants.len() * (1 + usize::from(nbd_cols));
     t.push_str("\n|---|---|---|");
-    for _ in 0..(backends.len() + swap_backends.len() + 3 + 2 * variants.len()) {
+    for _ in 0..columns {
         t.push_str("---|");
     }
     t.push('\n');
@@ -149,21 +168,28 @@ pub(super) fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> Stri
             for b in &backends {
                 let _ = write!(t, " {} |", secs(rows, b, w, m));
             }
-            for b in &swap_backends {
+            for b in ram_cols {
                 let _ = write!(t, " {} |", ratio(find(rows, b, w, m), ram));
             }
             let nbd = find(rows, "nbd", w, m);
             let (kclient, disk) = (find(rows, "kclient", w, m), find(rows, "disk", w, m));
-            let _ = write!(
-                t,
-                " **{}** | {} | {} |",
-                ratio(kclient, nbd),
-                ratio(disk, nbd),
-                over_floor(kclient, nbd, disk)
-            );
+            if nbd_cols {
+                let _ = write!(t, " **{}** |", ratio(kclient, nbd));
+                if has("disk") {
+                    let _ = write!(
+                        t,
+                        " {} | {} |",
+                        ratio(disk, nbd),
+                        over_floor(kclient, nbd, disk)
+                    );
+                }
+            }
             for v in &variants {
                 let row = find(rows, v, w, m);
-                let _ = write!(t, " **{}** | {} |", ratio(row, kclient), ratio(row, nbd));
+                let _ = write!(t, " **{}** |", ratio(row, kclient));
+                if nbd_cols {
+                    let _ = write!(t, " {} |", ratio(row, nbd));
+                }
             }
             t.push('\n');
         }
@@ -270,5 +296,49 @@ mod tests {
         // An even count takes the lower middle run.
         let two = parse_rows(&log.replace("ms=3000", "ms=3000 status=fail"));
         assert_eq!(find(&two, "nbd", "seq", 64).unwrap().num("ms"), 1000.0);
+    }
+
+    #[test]
+    fn every_time_row_has_as_many_cells_as_the_header() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            swap: SwapBenchArgs,
+        }
+        let log = ["ram", "kclient", "kclient-noise", "nbd", "disk"]
+            .iter()
+            .map(|b| format!("TMEM-BENCH backend={b} workload=seq mib=64 status=ok ms=1000\n"))
+            .collect::<String>();
+        let rows = parse_rows(&log);
+        for backends in [
+            "ram,kclient,kclient-noise,nbd,disk",
+            "kclient,kclient-noise",
+            "kclient,nbd",
+        ] {
+            let args = <Cli as clap::Parser>::parse_from([
+                "bench",
+                "--swap-backends",
+                backends,
+                "--swap-sizes",
+                "64",
+                "--swap-workloads",
+                "seq",
+            ])
+            .swap;
+            let table = render(&args, &rows, Duration::ZERO);
+            let lines: Vec<&str> = table
+                .lines()
+                .filter(|l| l.starts_with('|'))
+                .take(3)
+                .collect();
+            let cells = |l: &str| l.matches('|').count();
+            assert_eq!(cells(lines[0]), cells(lines[1]), "{backends}: {table}");
+            assert_eq!(cells(lines[0]), cells(lines[2]), "{backends}: {table}");
+            assert_eq!(
+                lines[0].contains("/ nbd"),
+                backends.contains("nbd"),
+                "{backends}"
+            );
+        }
     }
 }
