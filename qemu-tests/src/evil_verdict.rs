@@ -229,8 +229,12 @@ pub fn check_mode(mode: Mode, r: &HashMap<String, String>) -> Vec<String> {
     bad
 }
 
-/// Every mode's failures in `log` (a missing line is one), `mode: what (its line)` each.
-pub fn failures(log: &str) -> Vec<String> {
+/// Every mode's failures in `log` by `check` (e.g. [`check_mode`]; a missing line is one),
+/// `mode: what (its line)` each.
+pub fn failures(
+    log: &str,
+    mut check: impl FnMut(Mode, &HashMap<String, String>) -> Vec<String>,
+) -> Vec<String> {
     let modes = mode_results(log);
     let mut failures = Vec::new();
     for mode in Mode::ALL {
@@ -238,7 +242,7 @@ pub fn failures(log: &str) -> Vec<String> {
             failures.push(format!("{}: no TMEM-EVIL line", mode.name()));
             continue;
         };
-        for what in check_mode(mode, r) {
+        for what in check(mode, r) {
             failures.push(format!("{}: {what} ({r:?})", mode.name()));
         }
     }

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use qemu_tests::evil_appliance::Mode;
-use qemu_tests::evil_verdict::{failures, start_every_mode};
+use qemu_tests::evil_verdict::{check_mode, failures, start_every_mode};
 use qemu_tests::linux_vm::{
     assert_swap_verified, boot_client, debug_client_image, kernel_problems, num, parse_result,
     wait_exit,
@@ -132,7 +132,7 @@ fn debug_kernel_malicious_appliance() {
         "every mode must run: {result:?}"
     );
     // The same verdict as on the normal kernel (kclient_evil.rs).
-    let failures = failures(&log);
+    let failures = failures(&log, check_mode);
     assert!(
         failures.is_empty(),
         "kclient on the debug kernel:\n{}",

@@ -15,10 +15,11 @@
 //! A VM test (ignored by `cargo test`; `cargo xtask test-vm` runs it): needs `cargo xtask
 //! client-image`, and fails saying so without it.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use qemu_tests::evil_appliance::Mode;
-use qemu_tests::evil_verdict::{failures, field, mode_results, start_every_mode};
+use qemu_tests::evil_verdict::{check_mode, failures, field, start_every_mode};
 use qemu_tests::linux_vm::{
     appliance_binary, boot_client, client_image, kernel_problems, num, parse_result, wait_exit,
     Appliance,
@@ -52,9 +53,9 @@ fn malicious_appliance_replies_rejected() {
         eprintln!(
             "  server {:<11} connections={} requests={} misbehaved={}",
             s.mode().name(),
-            c.connections.load(std::sync::atomic::Ordering::Relaxed),
-            c.requests.load(std::sync::atomic::Ordering::Relaxed),
-            c.misbehaved.load(std::sync::atomic::Ordering::Relaxed),
+            c.connections.load(Ordering::Relaxed),
+            c.requests.load(Ordering::Relaxed),
+            c.misbehaved.load(Ordering::Relaxed),
         );
     }
 
@@ -71,11 +72,7 @@ fn malicious_appliance_replies_rejected() {
         "every mode must run: {result:?}"
     );
 
-    let modes = mode_results(&log);
-    for mode in Mode::ALL {
-        let Some(r) = modes.get(mode.name()) else {
-            continue;
-        };
+    let failures = failures(&log, |mode, r| {
         eprintln!(
             "  mode {:<11} {}s w1={} r1_ok={} r1_fail={} r2={} w2={} protocol_errors={} checksum_errors={} stale_replies={} timeouts={} failed_requests={}",
             mode.name(),
@@ -91,8 +88,8 @@ fn malicious_appliance_replies_rejected() {
             field(r, "timeouts"),
             field(r, "failed_requests"),
         );
-    }
-    let failures = failures(&log);
+        check_mode(mode, r)
+    });
     assert!(
         failures.is_empty(),
         "kclient mishandled a malicious appliance:\n{}\nlog: {}",
@@ -133,19 +130,12 @@ fn malicious_appliance_beside_an_honest_replica() {
         "kernel problems: {problems:#?}\nlog: {}",
         vm.log_path().display()
     );
-    let modes = mode_results(&log);
-    let mut failures = Vec::new();
-    for s in &servers {
-        let mode = s.mode();
-        let Some(r) = modes.get(mode.name()) else {
-            failures.push(format!("{}: no TMEM-EVIL line", mode.name()));
-            continue;
-        };
+    let failures = failures(&log, |mode, r| {
         let n = |k: &str| num(r, k).unwrap_or(-1);
-        let requests = s
-            .counters()
-            .requests
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let requests = servers
+            .iter()
+            .find(|s| s.mode() == mode)
+            .map_or(0, |s| s.counters().requests.load(Ordering::Relaxed));
         eprintln!(
             "  mode {:<11} r1_ok={} r2={} w2={} r3_ok={} evil_requests={requests} protocol_errors={} read_retries={}",
             mode.name(),
@@ -156,7 +146,7 @@ fn malicious_appliance_beside_an_honest_replica() {
             field(r, "protocol_errors"),
             field(r, "read_retries"),
         );
-        for (ok, what) in [
+        [
             (n("insmod") == 0, "insmod (the honest replica is there)"),
             (
                 n("w1") == 0 && n("w2") == 0,
@@ -173,12 +163,12 @@ fn malicious_appliance_beside_an_honest_replica() {
                 mode.breaks_handshake() || requests > 0,
                 "the evil replica was used (the test exercised it)",
             ),
-        ] {
-            if !ok {
-                failures.push(format!("{}: {what} ({r:?})", mode.name()));
-            }
-        }
-    }
+        ]
+        .into_iter()
+        .filter(|&(ok, _)| !ok)
+        .map(|(_, what)| what.to_string())
+        .collect()
+    });
     assert!(
         failures.is_empty(),
         "{}\nlog: {}",

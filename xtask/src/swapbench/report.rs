@@ -125,39 +125,31 @@ pub(super) fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> Stri
     );
     // Time table.
     t.push_str("| workload | MiB | x VM RAM |");
-    for b in &backends {
-        let _ = write!(t, " {b} s |");
-    }
+    let mut heads: Vec<String> = backends.iter().map(|b| format!("{b} s")).collect();
     // Ratio columns only against the peers this run has (a run of kclient variants alone has
     // no ram, nbd or disk).
     let has = |b: &str| backends.contains(&b);
     let ram_cols: &[&str] = if has("ram") { &swap_backends } else { &[] };
     let nbd_cols = has("nbd") && has("kclient");
-    for b in ram_cols {
-        let _ = write!(t, " {b} / ram |");
-    }
+    heads.extend(ram_cols.iter().map(|b| format!("{b} / ram")));
     let variants = kclient_variants(&backends);
     if nbd_cols {
-        t.push_str(" kclient / nbd |");
+        heads.push("kclient / nbd".into());
         if has("disk") {
-            t.push_str(" disk / nbd | (kclient - disk) / (nbd - disk) |");
+            heads.push("disk / nbd".into());
+            heads.push("(kclient - disk) / (nbd - disk)".into());
         }
     }
     for v in &variants {
-        let _ = write!(t, " {v} / kclient |");
+        heads.push(format!("{v} / kclient"));
         if nbd_cols {
-            let _ = write!(t, " {v} / nbd |");
+            heads.push(format!("{v} / nbd"));
         }
     }
-    let columns = backends.len()
-        + ram_cols.len()
-        + usize::from(nbd_cols) * (1 + 2 * usize::from(has("disk")))
-        + variants.len() * (1 + usize::from(nbd_cols));
-    t.push_str("\n|---|---|---|");
-    for _ in 0..columns {
-        t.push_str("---|");
+    for h in &heads {
+        let _ = write!(t, " {h} |");
     }
-    t.push('\n');
+    let _ = writeln!(t, "\n|---|---|---|{}", "---|".repeat(heads.len()));
     for w in &args.workloads {
         for &m in &args.sizes {
             if !rows.iter().any(|r| &r.workload == w && r.mib == m) {
