@@ -3,25 +3,32 @@
 //! Hermit 0.11 busy-polls the network inside every blocking socket call while TCP timers are near,
 //! so a thread per connection means every waiting connection thread spins on the only vCPU. Here one
 //! thread drives every connection's sans-IO [`Connection`] (the same core as the threaded front end)
-//! with non-blocking reads and writes, and sleeps
-//! briefly (backing off to [`MAX_NAP`], or [`IDLE_NAP`] once idle for a second) only after a pass in
-//! which no socket made progress.
+//! with non-blocking reads and writes. After a pass in which no socket made progress it waits in
+//! the kernel (`poll(2)`, [`readiness`](crate::readiness)) until a socket it cares about is ready or
+//! the next tick is due. Where `poll` fails, it falls back to napping (backing off to [`MAX_NAP`], or
+//! [`IDLE_NAP`] once idle for a second).
 //!
-//! It deliberately avoids readiness APIs: on Hermit 0.11, mio's accept calls `fcntl(F_SETFD)`, which
-//! fails, and readiness after the first frame was not reported, while plain non-blocking std sockets
-//! work. It is the default on Hermit (few connections, one vCPU) and selectable on Linux
-//! (`--io-model event-loop`), where the conformance suite runs against it as well.
+//! It deliberately avoids mio: on Hermit 0.11, mio's accept calls `fcntl(F_SETFD)`, which fails,
+//! while plain non-blocking std sockets and `poll` work. It is the default on Hermit (few
+//! connections, one vCPU) and selectable on Linux (`--io-model event-loop`), where the conformance
+//! suite runs against it as well.
 
 use crate::connection::Connection;
 use crate::front::FrontEnd;
+use crate::readiness::{Interest, Poller};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often timeouts and idle buffers are checked.
 const TICK: Duration = Duration::from_millis(500);
+
+/// Longest wait for readiness: bounds how late a connection is accepted should the kernel not
+/// report the listener ready (Hermit reports it only for the first socket of its backlog).
+const MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// Longest sleep while traffic is recent (bounds the latency a pause adds to the next request).
 const MAX_NAP: Duration = Duration::from_millis(2);
@@ -43,6 +50,17 @@ struct Conn {
     stream: TcpStream,
     peer: Option<SocketAddr>,
     state: Connection,
+}
+
+impl Conn {
+    /// What the loop waits for on this socket: input it can take, room for output it owes.
+    fn interest(&self) -> Interest {
+        Interest {
+            fd: self.stream.as_raw_fd(),
+            read: self.state.wants_input(),
+            write: !self.state.output().is_empty(),
+        }
+    }
 }
 
 /// Outcome of driving one connection.
@@ -72,6 +90,8 @@ pub(crate) fn run(listener: TcpListener, front: Arc<FrontEnd>) -> io::Result<()>
     let mut nap = MIN_NAP;
     let mut last_tick = Instant::now();
     let mut last_progress = Instant::now();
+    let mut poller = Some(Poller::default());
+    let mut interests = Vec::new();
     while !front.shutdown.is_stopping() {
         let mut progress = accept_all(&listener, &front, &mut conns);
         let mut i = 0;
@@ -92,6 +112,24 @@ pub(crate) fn run(listener: TcpListener, front: Arc<FrontEnd>) -> io::Result<()>
         if progress {
             nap = MIN_NAP;
             last_progress = now;
+        } else if let Some(p) = poller.as_mut() {
+            // Ticks only matter to connections: with none, sleep up to MAX_WAIT.
+            let due = if conns.is_empty() {
+                MAX_WAIT
+            } else {
+                TICK.saturating_sub(now.duration_since(last_tick))
+            };
+            interests.clear();
+            interests.push(Interest {
+                fd: listener.as_raw_fd(),
+                read: true,
+                write: false,
+            });
+            interests.extend(conns.iter().map(Conn::interest));
+            if let Err(e) = p.wait(&interests, due.min(MAX_WAIT)) {
+                tracing::warn!(error = %e, "poll failed; napping between passes instead");
+                poller = None;
+            }
         } else {
             std::thread::sleep(nap);
             let cap = if last_progress.elapsed() >= IDLE_AFTER {

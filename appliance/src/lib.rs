@@ -17,6 +17,7 @@ mod front;
 pub mod hermit_heap;
 pub mod keys;
 pub mod metrics;
+mod readiness;
 pub mod server;
 pub mod session;
 pub mod slab;
