@@ -84,21 +84,21 @@ mod tests {
         (client, server)
     }
 
+    /// Waits on `socket` alone, for input if `read`, else for nothing at all.
+    fn wait_on(socket: &TcpStream, read: bool, timeout: Duration) -> usize {
+        let interest = Interest {
+            fd: socket.as_raw_fd(),
+            read,
+            write: false,
+        };
+        Poller::default().wait(&[interest], timeout).unwrap()
+    }
+
     #[test]
     fn a_quiet_socket_waits_out_the_timeout() {
         let (_client, server) = pair();
         let start = Instant::now();
-        let ready = Poller::default()
-            .wait(
-                &[Interest {
-                    fd: server.as_raw_fd(),
-                    read: true,
-                    write: false,
-                }],
-                Duration::from_millis(50),
-            )
-            .unwrap();
-        assert_eq!(ready, 0);
+        assert_eq!(wait_on(&server, true, Duration::from_millis(50)), 0);
         assert!(start.elapsed() >= Duration::from_millis(40));
     }
 
@@ -106,33 +106,17 @@ mod tests {
     fn bytes_arriving_end_the_wait() {
         let (mut client, server) = pair();
         client.write_all(b"x").unwrap();
-        let ready = Poller::default()
-            .wait(
-                &[Interest {
-                    fd: server.as_raw_fd(),
-                    read: true,
-                    write: false,
-                }],
-                Duration::from_secs(10),
-            )
-            .unwrap();
-        assert_eq!(ready, 1);
+        assert_eq!(wait_on(&server, true, Duration::from_secs(10)), 1);
     }
 
     #[test]
     fn a_socket_with_nothing_wanted_is_not_waited_on() {
         let (mut client, server) = pair();
         client.write_all(b"x").unwrap();
-        let ready = Poller::default()
-            .wait(
-                &[Interest {
-                    fd: server.as_raw_fd(),
-                    read: false,
-                    write: false,
-                }],
-                Duration::from_millis(20),
-            )
-            .unwrap();
-        assert_eq!(ready, 0, "readable, but nobody asked");
+        assert_eq!(
+            wait_on(&server, false, Duration::from_millis(20)),
+            0,
+            "readable, but nobody asked"
+        );
     }
 }
