@@ -121,7 +121,13 @@ impl NetNs {
     /// Waits (bounded in time and attempts) until something inside the namespace accepts TCP
     /// connections on [`Self::HOST`]:`port`.
     pub fn wait_for_port(&self, port: u16, timeout: Duration) -> io::Result<()> {
-        let probe = format!("exec 3<>/dev/tcp/{}/{port}", Self::HOST);
+        self.wait_for(Self::HOST, port, timeout)
+    }
+
+    /// Waits (bounded in time and attempts) until `addr`:`port` accepts TCP connections from
+    /// inside the namespace (a server in it, or a guest on its tap device).
+    pub fn wait_for(&self, addr: Ipv4Addr, port: u16, timeout: Duration) -> io::Result<()> {
+        let probe = format!("exec 3<>/dev/tcp/{addr}/{port}");
         let open = crate::poll(timeout, Duration::from_millis(100), || {
             let mut cmd = Command::new("timeout");
             cmd.args(["2", "bash", "-c", &probe]);
@@ -135,8 +141,7 @@ impl NetNs {
         })?;
         open.ok_or_else(|| {
             crate::timed_out(format!(
-                "nothing listening on {}:{port} in {} within {timeout:?}",
-                Self::HOST,
+                "nothing listening on {addr}:{port} in {} within {timeout:?}",
                 self.name
             ))
         })

@@ -18,6 +18,7 @@ mod linux_kernel;
 mod medians;
 mod paths;
 mod swapbench;
+mod tap_lan;
 mod testing;
 mod vmbench;
 

@@ -22,6 +22,7 @@ use qemu_tests::{free_port, hermit_command, run_bounded, wait_for_port, HermitIm
 use crate::host::{cargo, ensure_apt_tool, run, step};
 use crate::linux_initramfs::Cpio;
 use crate::medians::median_of;
+use crate::tap_lan::TapLan;
 use crate::{docs_section, paths};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -57,6 +58,11 @@ pub struct VmBenchArgs {
     /// Only these VMs (comma-separated: hermit, linux), e.g. to compare Hermit variants quickly.
     #[arg(long, value_delimiter = ',')]
     vms: Vec<String>,
+    /// The VMs' network: `user` (QEMU user networking, a port forwarded from 127.0.0.1) or `tap`
+    /// (a tap device in a network namespace made for the run, with a DHCP server; QEMU's tap
+    /// backend offers checksum offload, as a LAN's NIC would). `tap` needs root.
+    #[arg(long, default_value = "user", value_parser = ["user", "tap"])]
+    net: String,
     /// Do not rewrite docs/benchmarks.md, only print.
     #[arg(long)]
     no_docs: bool,
@@ -118,8 +124,14 @@ pub fn vm_bench(args: &VmBenchArgs) -> Result<()> {
     let table = hermit_vs_linux(args)?;
     println!("{table}");
     if !args.no_docs {
-        docs_section::write("hermit-vs-linux", &table)?;
-        step("results written to docs/benchmarks.md (hermit-vs-linux section)");
+        let section = match args.net.as_str() {
+            "tap" => "hermit-vs-linux-tap",
+            _ => "hermit-vs-linux",
+        };
+        docs_section::write(section, &table)?;
+        step(&format!(
+            "results written to docs/benchmarks.md ({section} section)"
+        ));
     }
     Ok(())
 }
@@ -152,6 +164,10 @@ pub fn hermit_vs_linux(args: &VmBenchArgs) -> Result<String> {
         .filter(|s| args.shapes.is_empty() || args.shapes.iter().any(|n| n == s.name))
         .collect();
     ensure!(!shapes.is_empty(), "no shape matches --shapes");
+    let lan = match args.net.as_str() {
+        "tap" => Some(TapLan::start("vmbench")?),
+        _ => None,
+    };
     // (vm, shape) -> one summary per round.
     let mut results: BTreeMap<(Vm, &str), Vec<BTreeMap<String, String>>> = BTreeMap::new();
     for round in 0..args.rounds {
@@ -201,6 +217,9 @@ pub fn hermit_vs_linux(args: &VmBenchArgs) -> Result<String> {
                 Vm::Linux => linux_command(&bzimage, &initramfs, &args.vm_memory, port, &app_args),
             };
             cmd.args(["-accel", "tcg", "-smp", &args.smp.to_string()]);
+            if let Some(lan) = &lan {
+                cmd = lan.attach(&cmd);
+            }
             let name = format!("vmbench-{}", vm.label().to_lowercase());
             let mut guest = Qemu::spawn(&name, cmd).context("starting QEMU")?;
             let booted = guest
@@ -210,11 +229,20 @@ pub fn hermit_vs_linux(args: &VmBenchArgs) -> Result<String> {
                 "{} appliance listening after {booted:.1?}",
                 vm.label()
             ));
-            let addr = format!("127.0.0.1:{port}");
-            wait_for_port(addr.parse()?, Duration::from_secs(30))?;
+            let addr = match &lan {
+                Some(lan) => {
+                    lan.wait_for_guest(port, Duration::from_secs(30))?;
+                    format!("{}:{port}", TapLan::GUEST)
+                }
+                None => {
+                    let addr = format!("127.0.0.1:{port}");
+                    wait_for_port(addr.parse()?, Duration::from_secs(30))?;
+                    addr
+                }
+            };
             for shape in &shapes {
                 let pages = ((shape.pages as f64 * args.scale) as u64).max(16);
-                let summary = tmemctl_bench(&tmemctl, &addr, shape, pages)
+                let summary = tmemctl_bench(&tmemctl, lan.as_ref(), &addr, shape, pages)
                     .with_context(|| format!("log {}", guest.log_path().display()))?;
                 eprintln!(
                     "    {:<10} {:>9} ops/s {:>7} MiB/s p50 {:>8} us p99 {:>8} us",
@@ -350,6 +378,7 @@ fn linux_appliance_initramfs() -> Result<PathBuf> {
 /// One `tmemctl bench` run (1 connection); fails unless every page came back intact.
 fn tmemctl_bench(
     tmemctl: &Path,
+    lan: Option<&TapLan>,
     addr: &str,
     shape: &Shape,
     pages: u64,
@@ -359,6 +388,9 @@ fn tmemctl_bench(
         .args(["--pages", &pages.to_string(), "--threads", "1"])
         .args(["--depth", &shape.depth.to_string()])
         .args(["--batch", &shape.batch.to_string(), "--max-seconds", "300"]);
+    if let Some(lan) = lan {
+        cmd = lan.command(&cmd);
+    }
     let start = Instant::now();
     let out = run_bounded(cmd, Duration::from_secs(330))?;
     if !out.status.success() {
@@ -387,12 +419,23 @@ fn render(
         median_of(results.get(&(vm, shape)).map_or(&[], Vec::as_slice), key)
     };
     let mut t = format!(
-        "Command: `cargo xtask vm-bench --rounds {}` (QEMU TCG, `-cpu max -smp {} -m {}`, virtio-net-pci \
-         on user networking, appliance `--memory {}`; client: host `tmemctl bench`, 1 connection, \
+        "Command: `cargo xtask vm-bench --rounds {}{}` (QEMU TCG, `-cpu max -smp {} -m {}`, virtio-net-pci \
+         on {}, appliance `--memory {}`; client: host `tmemctl bench`, 1 connection, \
          synthetic corpus, every page verified; medians of {} rounds, VMs alternating, each booted \
          afresh per round). Ratios are Hermit / Linux: above 1 means Hermit is faster (for p99: \
          Linux p99 / Hermit p99).\n\n",
-        args.rounds, args.smp, args.vm_memory, args.store, args.rounds
+        args.rounds,
+        if args.net == "tap" { " --net tap" } else { "" },
+        args.smp,
+        args.vm_memory,
+        if args.net == "tap" {
+            "a tap device in a network namespace (QEMU's tap backend: checksum offload offered; the \
+             Hermit VM's address from dnsmasq by DHCP), `tmemctl` in the namespace"
+        } else {
+            "user networking"
+        },
+        args.store,
+        args.rounds
     );
     t.push_str("| shape | pages | Hermit ops/s | Linux ops/s | **ops/s ratio** | Hermit MiB/s | Linux MiB/s | MiB/s ratio | Hermit p99 us | Linux p99 us | p99 ratio |\n");
     t.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");

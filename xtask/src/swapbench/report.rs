@@ -259,7 +259,10 @@ pub(super) fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> Stri
             failed.join(", ")
         );
     }
-    t.push_str("\n![swap benchmark: time vs working set](swap-bench.png)\n");
+    // Only the main run draws the plot; other sections would point at another run's picture.
+    if args.section == "swap-bench" {
+        t.push_str("\n![swap benchmark: time vs working set](swap-bench.png)\n");
+    }
     t
 }
 

@@ -1,0 +1,92 @@
+//! A LAN for one appliance VM at a time: a network namespace with a tap device
+//! ([`qemu_tests::netns::NetNs`], the host side at 10.0.2.2) and a DHCP server (dnsmasq) that hands
+//! the guest [`TapLan::GUEST`], as a LAN's router would. The Hermit image configures its network
+//! only by DHCP; the Linux VM's init sets the same address itself. QEMU's tap backend offers the
+//! guests checksum offload (and segmentation offload, which only Linux uses), which its user
+//! networking does not.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use qemu_tests::netns::NetNs;
+use qemu_tests::ChildGuard;
+
+use crate::host::ensure_apt_tool;
+
+/// The namespace and its DHCP server; both go when this drops (the server first).
+pub struct TapLan {
+    dhcp: ChildGuard,
+    ns: NetNs,
+}
+
+impl TapLan {
+    /// The address every guest on this LAN gets (and the Linux VM's init sets).
+    pub const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+
+    /// Makes the namespace and starts dnsmasq on its tap device (installing dnsmasq if missing).
+    pub fn start(tag: &str) -> Result<TapLan> {
+        if let Some(why) = NetNs::unavailable() {
+            bail!("a tap network needs a network namespace: {why}");
+        }
+        ensure_apt_tool("dnsmasq", "dnsmasq-base")?;
+        let ns = NetNs::create(tag).context("creating the network namespace")?;
+        let lease = format!("{},{},255.255.255.0,1h", Self::GUEST, Self::GUEST);
+        let mut dnsmasq = Command::new("dnsmasq");
+        dnsmasq
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--port=0",
+            ])
+            .args(["--conf-file=/dev/null", "--user=root", "--bind-interfaces"])
+            .arg(format!("--interface={}", NetNs::TAP))
+            .arg(format!("--dhcp-range={lease}"))
+            .arg(format!("--dhcp-option=option:router,{}", NetNs::HOST))
+            .arg(format!("--dhcp-leasefile=/tmp/{}.leases", ns.name()));
+        let child = ns
+            .command(&dnsmasq)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting dnsmasq")?;
+        let mut dhcp = ChildGuard::new(child);
+        std::thread::sleep(Duration::from_millis(300));
+        if !dhcp.is_running() {
+            bail!("dnsmasq exited at once in {}", ns.name());
+        }
+        Ok(TapLan { dhcp, ns })
+    }
+
+    /// `qemu` with its `-netdev` on the tap device, run inside the namespace.
+    pub fn attach(&self, qemu: &Command) -> Command {
+        let mut args: Vec<std::ffi::OsString> = qemu.get_args().map(|a| a.to_owned()).collect();
+        if let Some(i) = args.iter().position(|a| a == "-netdev") {
+            args[i + 1] = self.ns.tap_netdev().into();
+        }
+        let mut on_tap = Command::new(qemu.get_program());
+        on_tap.args(args);
+        self.ns.command(&on_tap)
+    }
+
+    /// `cmd` run inside the namespace, where the guest is reachable.
+    pub fn command(&self, cmd: &Command) -> Command {
+        self.ns.command(cmd)
+    }
+
+    /// Waits (bounded) until the guest accepts connections on `port`.
+    pub fn wait_for_guest(&self, port: u16, timeout: Duration) -> Result<()> {
+        self.ns
+            .wait_for(Self::GUEST, port, timeout)
+            .context("the guest on the tap device")
+    }
+}
+
+impl Drop for TapLan {
+    fn drop(&mut self) {
+        self.dhcp.kill();
+        let _ = std::fs::remove_file(format!("/tmp/{}.leases", self.ns.name()));
+    }
+}
