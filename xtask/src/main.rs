@@ -13,6 +13,7 @@ mod hermit_kernel;
 mod hermit_tools;
 mod host;
 mod linux;
+mod linux_appliance_vm;
 mod linux_initramfs;
 mod linux_kernel;
 mod medians;

@@ -28,7 +28,8 @@ pub struct SwapBenchArgs {
     /// Backends, in run order: ram (no swap, big VM), kclient, nbd, zram, disk; `-nozswap` after
     /// kclient, nbd or disk turns zswap off (default: on in front of them); `kclient-lz4` is
     /// kclient compressing pages before sending them (`compress=1`); `kclient-hermit` swaps to
-    /// the Hermit appliance VM instead of the host-mode appliance; `kclient-r2` swaps to two
+    /// the Hermit appliance VM instead of the host-mode appliance, `kclient-linuxvm` to the same
+    /// appliance in a Linux VM of the same size (like for like); `kclient-r2` swaps to two
     /// appliances with every page on both (replicas=2); `kclient-noise` uses a client key
     /// (authenticated, encrypted sessions), `kclient-sealed` also `encrypt_pages=1`.
     #[arg(
@@ -120,7 +121,7 @@ pub fn run(args: &SwapBenchArgs) -> Result<()> {
     let rounds = args.swap_rounds.max(1);
     for round in 1..=rounds {
         for backend in &args.backends {
-            if round > 1 && backend.contains("-hermit") {
+            if round > 1 && backend::in_appliance_vm(backend) {
                 continue;
             }
             step(&format!(

@@ -12,6 +12,7 @@
 //! boots each VM afresh, and medians and Hermit/Linux ratios go to `docs/benchmarks.md`.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -19,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use qemu_tests::{free_port, hermit_command, run_bounded, wait_for_port, HermitImage, Qemu};
 
-use crate::host::{cargo, ensure_apt_tool, run, step};
-use crate::linux_initramfs::Cpio;
+use crate::host::{cargo, run, step};
+use crate::linux_appliance_vm;
 use crate::medians::median_of;
 use crate::tap_lan::TapLan;
 use crate::{docs_section, paths};
@@ -117,7 +118,6 @@ impl Vm {
 }
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-const MUSL: &str = "x86_64-unknown-linux-musl";
 
 /// `cargo xtask vm-bench`: measures, prints the table, and writes it to docs/benchmarks.md.
 pub fn vm_bench(args: &VmBenchArgs) -> Result<()> {
@@ -156,7 +156,7 @@ pub fn hermit_vs_linux(args: &VmBenchArgs) -> Result<String> {
     }
     step("building tmemctl (release) and the appliance as a static Linux binary (musl)");
     run(cargo().args(["build", "--release", "-p", "tmemctl"]))?;
-    let initramfs = linux_appliance_initramfs()?;
+    let initramfs = linux_appliance_vm::initramfs()?;
     let tmemctl = paths::repo_root().join("target/release/tmemctl");
 
     let shapes: Vec<&Shape> = SHAPES
@@ -214,7 +214,14 @@ pub fn hermit_vs_linux(args: &VmBenchArgs) -> Result<String> {
                         &args.hermit_kernel_args,
                     )
                 }
-                Vm::Linux => linux_command(&bzimage, &initramfs, &args.vm_memory, port, &app_args),
+                Vm::Linux => linux_appliance_vm::command(
+                    &bzimage,
+                    &initramfs,
+                    &args.vm_memory,
+                    Ipv4Addr::LOCALHOST,
+                    port,
+                    &app_args,
+                ),
             };
             cmd.args(["-accel", "tcg", "-smp", &args.smp.to_string()]);
             if let Some(lan) = &lan {
@@ -290,89 +297,6 @@ fn hermit_command_with_kernel_args(
     let mut cmd = Command::new(base.get_program());
     cmd.args(args);
     cmd
-}
-
-/// The Linux VM: same machine and NIC as [`hermit_command`], our initramfs, the appliance's
-/// arguments on the kernel command line (`tmem_args=` with commas for spaces).
-fn linux_command(
-    bzimage: &Path,
-    initramfs: &Path,
-    memory: &str,
-    port: u16,
-    app_args: &[String],
-) -> Command {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-cpu", "max", "-m", memory])
-        .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
-        .arg("-no-reboot")
-        .arg("-kernel")
-        .arg(bzimage)
-        .arg("-initrd")
-        .arg(initramfs)
-        .args([
-            "-append",
-            &format!(
-                "console=ttyS0 loglevel=3 panic=-1 tmem_args={}",
-                app_args.join(",")
-            ),
-        ])
-        .args([
-            "-netdev",
-            &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{port}"),
-            "-device",
-            "virtio-net-pci,netdev=n0,disable-legacy=on",
-        ]);
-    cmd
-}
-
-/// `/init` of the Linux appliance VM.
-const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev 2>/dev/null
-ip link set lo up
-ip link set eth0 up
-ip addr add 10.0.2.15/24 dev eth0
-ip route add default via 10.0.2.2
-args=$(sed -n 's/.*tmem_args=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
-echo "vmbench: eth0 up, starting appliance $args"
-/bin/appliance $args
-echo "vmbench: appliance exited ($?)"
-poweroff -f
-"#;
-
-/// Builds the static appliance and the initramfs (`target/images/vmbench/appliance-initramfs.cpio.gz`).
-fn linux_appliance_initramfs() -> Result<PathBuf> {
-    run(Command::new("rustup").args(["target", "add", MUSL]))?;
-    run(cargo().args(["build", "--release", "-p", "appliance", "--target", MUSL]))?;
-    let appliance = paths::repo_root().join(format!("target/{MUSL}/release/appliance"));
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file());
-    let busybox = match busybox {
-        Some(b) => b,
-        None => {
-            ensure_apt_tool("busybox", "busybox-static")?;
-            PathBuf::from("/bin/busybox")
-        }
-    };
-    let dir = paths::images_out().join("vmbench");
-    std::fs::create_dir_all(&dir)?;
-    let out = dir.join("appliance-initramfs.cpio.gz");
-    let mut cpio = Cpio::default();
-    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
-        cpio.dir(d);
-    }
-    cpio.char_dev("dev/console", 5, 1);
-    cpio.char_dev("dev/null", 1, 3);
-    cpio.file("init", 0o755, INIT.as_bytes());
-    cpio.file_from("bin/busybox", 0o755, &busybox)?;
-    cpio.file_from("bin/appliance", 0o755, &appliance)?;
-    cpio.write_gz(&out)?;
-    Ok(out)
 }
 
 /// One `tmemctl bench` run (1 connection); fails unless every page came back intact.

@@ -29,9 +29,16 @@ impl Drop for TempFile {
 /// per run.
 const BENCH_CLIENT: u64 = 0xbe4d;
 
-/// The Hermit appliance VM of the `kclient-hermit` backend: RAM, and the store inside it.
-const HERMIT_VM_MEMORY: &str = "1G";
-const HERMIT_STORE: &str = "768MiB";
+/// The appliance VM of the `kclient-hermit` and `kclient-linuxvm` backends: RAM, and the store
+/// inside it (one vCPU for both).
+const APPLIANCE_VM_MEMORY: &str = "1G";
+const APPLIANCE_VM_STORE: &str = "768MiB";
+
+/// Whether `backend` swaps to an appliance in its own TCG VM (`kclient-hermit`,
+/// `kclient-linuxvm`): the slow columns, run in round 1 only and random access only up to 1x RAM.
+pub(super) fn in_appliance_vm(backend: &str) -> bool {
+    backend.contains("-hermit") || backend.contains("-linuxvm")
+}
 
 /// `auto` becomes `tap` when a namespace with a tap device can be made here, else `user`.
 pub(super) fn resolve_net(net: &str) -> Result<String> {
@@ -68,7 +75,7 @@ pub(super) fn run_backend(
     let swap_mib = (max_mib * 2).max(1024);
     // The Hermit column is the slowest by far (its appliance is a TCG VM too): random access runs
     // there only up to 1x the VM's RAM, so one bench run stays within the hour.
-    let seq_only_above = if backend.contains("-hermit") {
+    let seq_only_above = if in_appliance_vm(backend) {
         args.seq_only_above.min(args.vm_mib)
     } else {
         args.seq_only_above
@@ -92,39 +99,56 @@ pub(super) fn run_backend(
     let in_ns = |cmd: Command| NetNs::command_in(netns.as_ref(), cmd);
     let server_host = NetNs::server_host(netns.as_ref());
     let mut _appliance = None;
-    let mut _hermit: Option<Qemu> = None;
+    let mut _appliance_vm: Option<Qemu> = None;
     let mut _server = None;
     let mut _files = Vec::new();
     let mut extra: Vec<String> = Vec::new();
     match base {
         "ram" | "zram" => {}
-        "kclient" if backend.contains("-hermit") => {
-            // The appliance as the Hermit unikernel in its own VM (user networking); the client
-            // VM reaches the port that VM's QEMU forwards from the host, as in `cargo xtask demo`.
-            let hermit = artefacts::hermit_image()?;
+        "kclient" if in_appliance_vm(backend) => {
+            // The appliance in its own VM (user networking): the Hermit unikernel, or the same
+            // appliance as a Linux binary in a Linux VM of the same size; the client VM reaches
+            // the port that VM's QEMU forwards from the host, as in `cargo xtask demo`.
             let port = qemu_tests::free_port();
             let listen = format!("0.0.0.0:{port}");
-            let cmd = qemu_tests::hermit_command_fwd(
-                &hermit,
-                HERMIT_VM_MEMORY,
-                server_host,
-                port,
-                // kclient has no keys; only the run's own network reaches the VM.
-                &[
-                    "--listen",
-                    &listen,
-                    "--insecure",
-                    "--memory",
-                    HERMIT_STORE,
-                    "--log-level",
-                    "warn",
-                ],
-            );
-            let mut vm = Qemu::spawn("swapbench-hermit-appliance", in_ns(cmd))?;
+            // kclient has no keys; only the run's own network reaches the VM.
+            let app_args = [
+                "--listen",
+                &listen,
+                "--insecure",
+                "--memory",
+                APPLIANCE_VM_STORE,
+                "--log-level",
+                "warn",
+            ];
+            let (name, cmd) = if backend.contains("-hermit") {
+                let hermit = artefacts::hermit_image()?;
+                let cmd = qemu_tests::hermit_command_fwd(
+                    &hermit,
+                    APPLIANCE_VM_MEMORY,
+                    server_host,
+                    port,
+                    &app_args,
+                );
+                ("swapbench-hermit-appliance", cmd)
+            } else {
+                let initramfs = crate::linux_appliance_vm::initramfs()?;
+                let app_args: Vec<String> = app_args.iter().map(|a| a.to_string()).collect();
+                let cmd = crate::linux_appliance_vm::command(
+                    &image.bzimage,
+                    &initramfs,
+                    APPLIANCE_VM_MEMORY,
+                    server_host,
+                    port,
+                    &app_args,
+                );
+                ("swapbench-linux-appliance", cmd)
+            };
+            let mut vm = Qemu::spawn(name, in_ns(cmd))?;
             vm.wait_for_output("appliance listening on", Duration::from_secs(120))
-                .context("booting the Hermit appliance VM")?;
+                .with_context(|| format!("booting the appliance VM of {backend}"))?;
             append.push_str(&format!(" tmem_target=10.0.2.2:{port}"));
-            _hermit = Some(vm);
+            _appliance_vm = Some(vm);
         }
         "kclient" => {
             // -r2: two appliances, every page on both (replicas=2). -noise: a client key, so

@@ -81,8 +81,8 @@ pub(super) fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> Stri
          The `ram` run boots the same VM with {} MiB so nothing swaps (the lower bound). Each backend is \
          one VM boot running every workload x size in sequence (drop_caches between runs); {} round(s): \
          every round boots each backend's VM afresh, backends alternating; times are the median \
-         (min-max) of the rounds, ratios are of medians, and kclient-hermit runs in round 1 only; \
-         working sets above {} MiB run only seq (above {} MiB for kclient-hermit).\n\n",
+         (min-max) of the rounds, ratios are of medians, and kclient-hermit and kclient-linuxvm run in round 1 only; \
+         working sets above {} MiB run only seq (above {} MiB for those two).\n\n",
         join(&args.sizes),
         args.workloads.join(","),
         backends.join(","),
@@ -111,7 +111,9 @@ pub(super) fn render(args: &SwapBenchArgs, rows: &[Row], took: Duration) -> Stri
         "Backends: **kclient** = /dev/kclient0 -> host-mode appliance (`target/release/appliance`) at \
          10.0.2.2 {network}; **kclient-hermit** = the same, to the Hermit appliance \
          image in its own VM (1 GiB, store 768 MiB, 1 vCPU; TCG too, sharing the host's 2 cores with the client VM, \
-         on user networking), reached through the port its QEMU forwards from 10.0.2.2; **kclient-lz4** = kclient with `compress=1`; **nbd** = the kernel's nbd driver (set up by our \
+         on user networking), reached through the port its QEMU forwards from 10.0.2.2; **kclient-linuxvm** = \
+         the same with the appliance as a static Linux binary in a Linux VM of the same size (our client kernel, \
+         busybox), its like-for-like peer; **kclient-lz4** = kclient with `compress=1`; **nbd** = the kernel's nbd driver (set up by our \
          `tmem-nbd-client`, newstyle handshake + NBD_SET_SOCK/NBD_DO_IT) -> `qemu-nbd` serving a \
          sparse file in /dev/shm (host RAM), same network path; **zram** = lzo-rle zram device inside \
          the same guest (same RAM); **disk** = virtio-blk backed by a sparse host file (cache=writeback: \
