@@ -205,13 +205,7 @@ pub fn hermit_command_fwd(
     port: u16,
     app_args: &[&str],
 ) -> Command {
-    // Clients on another 10.0.2.0/24 (a client VM behind a tap device) would look like the
-    // appliance's own address inside QEMU's default user network; give that network another one.
-    let subnet = if fwd_host.is_loopback() {
-        ""
-    } else {
-        ",net=10.0.3.0/24"
-    };
+    let (nic, _) = appliance_nic(fwd_host, port);
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-cpu", "max", "-smp", "1", "-m", memory])
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
@@ -225,13 +219,28 @@ pub fn hermit_command_fwd(
         .arg("-initrd")
         .arg(&image.appliance)
         .args(["-append", &format!("-- {}", app_args.join(" "))])
-        .args([
-            "-netdev",
-            &format!("user,id=n0,hostfwd=tcp:{fwd_host}:{port}-:{port}{subnet}"),
-            "-device",
-            "virtio-net-pci,netdev=n0,disable-legacy=on",
-        ]);
+        .args(nic);
     cmd
+}
+
+/// The QEMU arguments of an appliance VM's NIC (virtio-net on user networking, forwarding
+/// `fwd_host`:`port` to the guest's `port`), and the guest network's first three octets.
+/// Clients on another 10.0.2.0/24 (a client VM behind a tap device) would look like the
+/// appliance's own address inside QEMU's default user network, so a forward from anything but
+/// loopback gives that network another one, 10.0.3.0/24.
+pub fn appliance_nic(fwd_host: Ipv4Addr, port: u16) -> ([String; 4], &'static str) {
+    let (subnet, net) = if fwd_host.is_loopback() {
+        ("", "10.0.2")
+    } else {
+        (",net=10.0.3.0/24", "10.0.3")
+    };
+    let args = [
+        "-netdev".to_string(),
+        format!("user,id=n0,hostfwd=tcp:{fwd_host}:{port}-:{port}{subnet}"),
+        "-device".to_string(),
+        "virtio-net-pci,netdev=n0,disable-legacy=on".to_string(),
+    ];
+    (args, net)
 }
 
 #[cfg(test)]

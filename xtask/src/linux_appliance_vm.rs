@@ -16,10 +16,9 @@ use crate::paths;
 const MUSL: &str = "x86_64-unknown-linux-musl";
 
 /// The VM: same machine and NIC as [`qemu_tests::hermit_command_fwd`] (one vCPU unless the
-/// caller adds `-smp`), QEMU user networking forwarding `fwd_host`:`port` to the guest's `port`.
-/// As there, a forward from anything but loopback moves the guest's network to 10.0.3.0/24, so a
-/// client VM on a tap device's 10.0.2.0/24 is not mistaken for this guest. The appliance's
-/// arguments go on the kernel command line (`tmem_args=`, commas for spaces).
+/// caller adds `-smp`; [`qemu_tests::appliance_nic`] forwarding `fwd_host`:`port`). The guest's
+/// address follows that NIC's network; the appliance's arguments go on the kernel command line
+/// (`tmem_args=`, commas for spaces).
 pub fn command(
     bzimage: &Path,
     initramfs: &Path,
@@ -28,11 +27,7 @@ pub fn command(
     port: u16,
     app_args: &[String],
 ) -> Command {
-    let (subnet, net) = if fwd_host.is_loopback() {
-        ("", "10.0.2")
-    } else {
-        (",net=10.0.3.0/24", "10.0.3")
-    };
+    let (nic, net) = qemu_tests::appliance_nic(fwd_host, port);
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-cpu", "max", "-m", memory])
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
@@ -48,12 +43,7 @@ pub fn command(
                 app_args.join(",")
             ),
         ])
-        .args([
-            "-netdev",
-            &format!("user,id=n0,hostfwd=tcp:{fwd_host}:{port}-:{port}{subnet}"),
-            "-device",
-            "virtio-net-pci,netdev=n0,disable-legacy=on",
-        ]);
+        .args(nic);
     cmd
 }
 
