@@ -248,6 +248,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_appliance_forwarded_from_a_namespace_gets_its_own_subnet() {
+        let (args, net) = appliance_nic(Ipv4Addr::LOCALHOST, 7777);
+        assert_eq!(net, "10.0.2");
+        assert_eq!(args[1], "user,id=n0,hostfwd=tcp:127.0.0.1:7777-:7777");
+        let (args, net) = appliance_nic(Ipv4Addr::new(10, 0, 2, 2), 7777);
+        assert_eq!(net, "10.0.3");
+        assert!(args[1].ends_with(",net=10.0.3.0/24"), "{}", args[1]);
+    }
+
+    #[test]
     fn free_port_is_bindable() {
         let port = free_port();
         assert_ne!(port, 0);
