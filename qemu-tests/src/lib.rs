@@ -19,6 +19,7 @@ pub mod netns;
 pub mod poll;
 pub mod process;
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -223,6 +224,20 @@ pub fn hermit_command_fwd(
     cmd
 }
 
+/// `qemu` with the value that follows `option` (e.g. `-append`, `-netdev`) replaced by `value`;
+/// unchanged if it has no such option.
+pub fn with_option(qemu: &Command, option: &str, value: impl Into<OsString>) -> Command {
+    let mut args: Vec<OsString> = qemu.get_args().map(|a| a.to_owned()).collect();
+    if let Some(i) = args.iter().position(|a| a == option) {
+        if let Some(slot) = args.get_mut(i + 1) {
+            *slot = value.into();
+        }
+    }
+    let mut cmd = Command::new(qemu.get_program());
+    cmd.args(args);
+    cmd
+}
+
 /// The QEMU arguments of an appliance VM's NIC (virtio-net on user networking, forwarding
 /// `fwd_host`:`port` to the guest's `port`), and the guest network's first three octets.
 /// Clients on another 10.0.2.0/24 (a client VM behind a tap device) would look like the
@@ -246,6 +261,21 @@ pub fn appliance_nic(fwd_host: Ipv4Addr, port: u16) -> ([String; 4], &'static st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_option_replaces_only_the_value_of_that_option() {
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args(["-m", "1G", "-append", "a b", "-netdev", "user,id=n0"]);
+        let changed = with_option(&qemu, "-netdev", "tap,id=n0");
+        let args: Vec<_> = changed.get_args().collect();
+        assert_eq!(args, ["-m", "1G", "-append", "a b", "-netdev", "tap,id=n0"]);
+        assert_eq!(changed.get_program(), "qemu-system-x86_64");
+        let same = with_option(&qemu, "-kernel", "x");
+        assert_eq!(
+            same.get_args().collect::<Vec<_>>(),
+            qemu.get_args().collect::<Vec<_>>()
+        );
+    }
 
     #[test]
     fn an_appliance_forwarded_from_a_namespace_gets_its_own_subnet() {

@@ -25,8 +25,9 @@ pub fn command(
     memory: &str,
     fwd_host: Ipv4Addr,
     port: u16,
-    app_args: &[String],
+    app_args: &[impl AsRef<str>],
 ) -> Command {
+    let app_args: Vec<&str> = app_args.iter().map(AsRef::as_ref).collect();
     let (nic, net) = qemu_tests::appliance_nic(fwd_host, port);
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-cpu", "max", "-m", memory])

@@ -62,13 +62,11 @@ impl TapLan {
 
     /// `qemu` with its `-netdev` on the tap device, run inside the namespace.
     pub fn attach(&self, qemu: &Command) -> Command {
-        let mut args: Vec<std::ffi::OsString> = qemu.get_args().map(|a| a.to_owned()).collect();
-        if let Some(i) = args.iter().position(|a| a == "-netdev") {
-            args[i + 1] = self.ns.tap_netdev().into();
-        }
-        let mut on_tap = Command::new(qemu.get_program());
-        on_tap.args(args);
-        self.ns.command(&on_tap)
+        self.ns.command(&qemu_tests::with_option(
+            qemu,
+            "-netdev",
+            self.ns.tap_netdev(),
+        ))
     }
 
     /// `cmd` run inside the namespace, where the guest is reachable.

@@ -290,13 +290,7 @@ fn hermit_command_with_kernel_args(
         return base;
     }
     let append = format!("{} -- {}", kernel_args.join(" "), app_args.join(" "));
-    let mut args: Vec<std::ffi::OsString> = base.get_args().map(|a| a.to_owned()).collect();
-    if let Some(i) = args.iter().position(|a| a == "-append") {
-        args[i + 1] = append.into();
-    }
-    let mut cmd = Command::new(base.get_program());
-    cmd.args(args);
-    cmd
+    qemu_tests::with_option(&base, "-append", append)
 }
 
 /// One `tmemctl bench` run (1 connection); fails unless every page came back intact.

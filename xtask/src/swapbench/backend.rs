@@ -133,7 +133,6 @@ pub(super) fn run_backend(
                 ("swapbench-hermit-appliance", cmd)
             } else {
                 let initramfs = crate::linux_appliance_vm::initramfs()?;
-                let app_args: Vec<String> = app_args.iter().map(|a| a.to_string()).collect();
                 let cmd = crate::linux_appliance_vm::command(
                     &image.bzimage,
                     &initramfs,
