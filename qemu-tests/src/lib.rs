@@ -18,6 +18,7 @@ pub mod linux_vm;
 pub mod netns;
 pub mod poll;
 pub mod process;
+pub mod tap_lan;
 
 use std::ffi::OsString;
 use std::fs::File;

@@ -3,7 +3,8 @@
 //!   shows them while they are kept;
 //! - the protocol conformance and robustness suite (`tmemctl::conformance`) passes against the VM,
 //!   with keys (every session authenticated and encrypted);
-//! - a 1.5 GiB VM really holds more than 1 GiB of pages (appliance memory in use, not just counts).
+//! - a 1.5 GiB VM really holds more than 1 GiB of pages (appliance memory in use, not just counts);
+//! - on a tap device (checksum offload), fresh connections and a verified bench all succeed.
 //!
 //! VM tests (ignored by `cargo test`; `cargo xtask test-vm` runs them): they need
 //! `target/images/{loader,appliance}` (`cargo xtask image`) and `target/release/tmemctl`
@@ -14,6 +15,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use qemu_tests::tap_lan::TapLan;
 use qemu_tests::{hermit_image, run_bounded, workspace_binary, Qemu};
 use tmemctl::bench::{run_phase, BenchConfig, Op, TmemBackend};
 use tmemctl::corpus::Corpus;
@@ -302,5 +304,69 @@ fn hermit_caps_an_oversized_store_and_keeps_serving_when_full() {
     // The pages stored before the store filled are all still there, byte for byte.
     let back = run_phase(Op::Get, &mut first, &corpus, &small).expect("get phase");
     assert_eq!((back.errors, back.mismatches), (0, 0), "stored pages lost");
+    assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
+}
+
+/// On a tap device QEMU offers checksum offload, which user networking does not: the appliance's
+/// segments then leave with their checksums for the device to finish. Kernel patch 0012: the
+/// driver left 0 where virtio wants the pseudo-header sum, and the first connection after boot
+/// failed (this test, with an image built without 0012: 2 of 3 runs failed, at the first
+/// connection). Needs root (a network namespace) and dnsmasq (`cargo xtask test-vm`
+/// installs it): without them the test fails saying so.
+#[test]
+#[ignore = "VM test: run by cargo xtask test-vm"]
+fn hermit_serves_on_a_tap_device_with_checksum_offload() {
+    let lan = TapLan::start("hermit-tap").unwrap_or_else(|e| panic!("tap network: {e}"));
+    let image = hermit_image();
+    let tmemctl = workspace_binary("tmemctl");
+    let port = qemu_tests::free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let qemu = qemu_tests::hermit_command(&image, "1G", port, &["--listen", &listen, "--insecure"]);
+    let mut vm = Qemu::spawn("hermit-tap", lan.attach(&qemu)).expect("QEMU started");
+    vm.wait_for_output("appliance listening on", BOOT_TIMEOUT)
+        .expect("appliance listening");
+    lan.wait_for_guest(port, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}; VM log {}", vm.log_path().display()));
+    assert!(
+        vm.output().contains("CSUM | GUEST_CSUM"),
+        "checksum offload not negotiated, so this test proves nothing: {}",
+        vm.output()
+    );
+    let addr = format!("{}:{port}", TapLan::GUEST);
+    // Fresh connections one after another (each used to be able to fail), then a verified bench.
+    for run in 0..10 {
+        let mut stats = Command::new(&tmemctl);
+        stats.args(["--target", &addr, "stats"]);
+        let out = run_bounded(lan.command(&stats), Duration::from_secs(60)).expect("tmemctl ran");
+        assert!(
+            out.status.success(),
+            "stats run {run} failed: {}{}; VM log {}",
+            out.stdout,
+            out.stderr,
+            vm.log_path().display()
+        );
+    }
+    let mut bench = Command::new(&tmemctl);
+    bench.args([
+        "--target",
+        &addr,
+        "bench",
+        "--pages",
+        "4000",
+        "--threads",
+        "2",
+    ]);
+    bench.args(["--max-seconds", "120"]);
+    let out = run_bounded(lan.command(&bench), Duration::from_secs(150)).expect("tmemctl ran");
+    assert!(
+        out.status.success(),
+        "bench failed: {}{}; VM log {}",
+        out.stdout,
+        out.stderr,
+        vm.log_path().display()
+    );
+    let summary = out.summary();
+    assert_eq!(summary.get("mismatches").map(String::as_str), Some("0"));
+    assert_eq!(summary.get("refused").map(String::as_str), Some("0"));
     assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
 }

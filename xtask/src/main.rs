@@ -19,7 +19,6 @@ mod linux_kernel;
 mod medians;
 mod paths;
 mod swapbench;
-mod tap_lan;
 mod testing;
 mod vmbench;
 

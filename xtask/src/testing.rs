@@ -101,6 +101,8 @@ pub fn test_vm() -> Result<()> {
     xtask(&["client-image", "--debug"])?;
     step("building the host-mode appliance and tmemctl (release)");
     run(cargo().args(["build", "--release", "-p", "appliance", "-p", "tmemctl"]))?;
+    // The Hermit appliance on a tap device gets its address from dnsmasq (hermit_vm.rs).
+    ensure_apt_tool("dnsmasq", "dnsmasq-base")?;
     step("VM tests (QEMU TCG, one VM test at a time: the machine has 2 cores)");
     run(cargo().args([
         "test",

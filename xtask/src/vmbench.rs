@@ -18,12 +18,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use qemu_tests::tap_lan::TapLan;
 use qemu_tests::{free_port, hermit_command, run_bounded, wait_for_port, HermitImage, Qemu};
 
-use crate::host::{cargo, run, step};
+use crate::host::{cargo, ensure_apt_tool, run, step};
 use crate::linux_appliance_vm;
 use crate::medians::median_of;
-use crate::tap_lan::TapLan;
 use crate::{docs_section, paths};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -165,7 +165,10 @@ pub fn hermit_vs_linux(args: &VmBenchArgs) -> Result<String> {
         .collect();
     ensure!(!shapes.is_empty(), "no shape matches --shapes");
     let lan = match args.net.as_str() {
-        "tap" => Some(TapLan::start("vmbench")?),
+        "tap" => {
+            ensure_apt_tool("dnsmasq", "dnsmasq-base")?;
+            Some(TapLan::start("vmbench").context("making the tap network")?)
+        }
         _ => None,
     };
     // (vm, shape) -> one summary per round.
@@ -238,7 +241,8 @@ pub fn hermit_vs_linux(args: &VmBenchArgs) -> Result<String> {
             ));
             let addr = match &lan {
                 Some(lan) => {
-                    lan.wait_for_guest(port, Duration::from_secs(30))?;
+                    lan.wait_for_guest(port, Duration::from_secs(30))
+                        .context("the guest on the tap device")?;
                     format!("{}:{port}", TapLan::GUEST)
                 }
                 None => {
