@@ -12,7 +12,7 @@ use protocol::noise::{
     TAG_LEN,
 };
 use protocol::{Header, Hello, Reply, Request, Status, AUTH_NOISE, HEADER_LEN, MAX_FRAME};
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 
@@ -70,6 +70,9 @@ pub struct Greeting {
     pub nonce: [u8; protocol::HELLO_NONCE_LEN],
 }
 
+/// Socket read buffer of a sealed reader: two of the largest records.
+const SEALED_READ_BUFFER: usize = 2 * (RECORD_HEADER_LEN + protocol::noise::MAX_RECORD_CIPHERTEXT);
+
 /// The two directions of the record layer share the transport keys (each has its own counter).
 type Keys = Arc<snow::StatelessTransportState>;
 
@@ -79,8 +82,8 @@ pub enum Reader {
     Plain(TcpStream),
     /// Authenticated: records opened one at a time.
     Sealed {
-        /// The socket.
-        stream: TcpStream,
+        /// The socket, buffered: a record's header and body are then one read, not three.
+        stream: BufReader<TcpStream>,
         /// Transport keys.
         keys: Keys,
         /// Next receive nonce.
@@ -115,7 +118,8 @@ impl Reader {
     /// The socket (for timeouts).
     pub fn tcp(&self) -> &TcpStream {
         match self {
-            Reader::Plain(s) | Reader::Sealed { stream: s, .. } => s,
+            Reader::Plain(s) => s,
+            Reader::Sealed { stream, .. } => stream.get_ref(),
         }
     }
 }
@@ -268,7 +272,7 @@ pub fn hello(stream: TcpStream, id: &Identity) -> Result<(Reader, Writer, Greeti
     );
     let keys: Keys = Arc::new(hs.into_stateless_transport_mode()?);
     let reader = Reader::Sealed {
-        stream: stream.try_clone()?,
+        stream: BufReader::with_capacity(SEALED_READ_BUFFER, stream.try_clone()?),
         keys: keys.clone(),
         nonce: 0,
         plain: Vec::new(),
