@@ -21,9 +21,10 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:7777")]
     listen: String,
-    /// Memory for pages and their metadata, e.g. 256MiB, 2GiB, 1.5G.
-    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
-    memory: u64,
+    /// Memory for pages and their metadata, e.g. 256MiB, 2GiB, 1.5G; on the appliance image also
+    /// `auto`: all the heap holds but the headroom connections and the network need.
+    #[arg(long, default_value = "256MiB", value_parser = parse_memory)]
+    memory: Memory,
     /// Most memory one client may use (same units); unlimited if absent.
     #[arg(long, value_parser = parse_size)]
     client_quota: Option<u64>,
@@ -54,9 +55,27 @@ struct Args {
     /// address without keys; never needed with keys.
     #[arg(long)]
     insecure: bool,
+    /// On a start-up error, print it and halt instead of exiting (the image booted from tmem.conf
+    /// passes this, so the message stays on the screen rather than the machine powering off).
+    #[arg(long)]
+    halt_on_error: bool,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
+}
+
+/// `--memory`: a size, or `auto`.
+#[derive(Clone, Copy, Debug)]
+enum Memory {
+    Auto,
+    Size(u64),
+}
+
+fn parse_memory(s: &str) -> Result<Memory, String> {
+    match s {
+        "auto" => Ok(Memory::Auto),
+        _ => parse_size(s).map(Memory::Size),
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -73,7 +92,41 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let memory_limit = usize::try_from(args.memory).context("--memory too large")?;
+    let halt_on_error = args.halt_on_error;
+    let result = serve(args);
+    if let (Err(e), true) = (&result, halt_on_error) {
+        halt(e);
+    }
+    result
+}
+
+/// Shows a start-up error and stops here: no exit, so no power-off that would clear the screen.
+fn halt(e: &anyhow::Error) -> ! {
+    println!("appliance: cannot start: {e:#}");
+    println!("appliance: halted; fix the settings (tmem.conf) and restart the machine");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// The store limit `--memory` asks for.
+fn memory_limit(memory: Memory) -> Result<usize> {
+    match memory {
+        Memory::Size(bytes) => usize::try_from(bytes).context("--memory too large"),
+        #[cfg(target_os = "hermit")]
+        Memory::Auto => Ok(appliance::store::budget_within_heap(
+            usize::MAX,
+            appliance::hermit_heap::kernel_heap_available(),
+        )),
+        #[cfg(not(target_os = "hermit"))]
+        Memory::Auto => anyhow::bail!(
+            "--memory auto is for the appliance image; on Linux give a size (e.g. 8GiB)"
+        ),
+    }
+}
+
+fn serve(args: Args) -> Result<()> {
+    let memory_limit = memory_limit(args.memory)?;
     #[cfg(target_os = "hermit")]
     let memory_limit = {
         let heap = appliance::hermit_heap::kernel_heap_available();
@@ -100,6 +153,17 @@ fn main() -> Result<()> {
         raw_threshold: args.raw_threshold.min(protocol::PAGE_SIZE),
     }));
     let auth = auth_config(&args)?;
+    let summary = format!(
+        "appliance {}: store of {} MiB, {} client key(s){}",
+        env!("CARGO_PKG_VERSION"),
+        memory_limit >> 20,
+        auth.keys.len(),
+        if auth.allow_unauthenticated {
+            ", clients without keys served in clear"
+        } else {
+            ""
+        }
+    );
     let config = ServerConfig {
         max_connections: args.max_connections,
         frame_timeout: Duration::from_secs(args.frame_timeout.max(1)),
@@ -114,8 +178,10 @@ fn main() -> Result<()> {
         a => a.to_string(),
     };
     stop_on_signals(server.shutdown_handle())?;
-    tracing::info!(%addr, memory = args.memory, "listening");
-    // A plain line on stdout too: scripts and tests wait for it.
+    tracing::info!(%addr, memory = memory_limit, "listening");
+    // Plain lines on stdout too (the image's screen shows them): scripts and tests wait for the
+    // second, whose rest is the address.
+    println!("{summary}");
     println!("appliance listening on {addr}");
     if let Some(m) = &args.metrics_listen {
         let bound = appliance::metrics::spawn(m, store.clone(), server.net_counters())

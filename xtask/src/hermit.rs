@@ -101,9 +101,12 @@ pub fn image(args: &ImageArgs) -> Result<()> {
 
     let loader = build_loader(args.jobs)?;
     copy(&loader, &out.join("loader"))?;
+    if !args.smoke {
+        crate::boot_disk::build(&out, !args.no_install)?;
+    }
 
     step(&format!(
-        "image ready in {}s: {}/{{loader,appliance}}",
+        "image ready in {}s: {}/{{loader,appliance,tmem-appliance.img}}",
         start.elapsed().as_secs(),
         out.display()
     ));
@@ -307,7 +310,7 @@ pub fn run_appliance(args: &RunArgs) -> Result<()> {
         "booting {} under QEMU TCG ({} RAM); appliance reachable at 127.0.0.1:{port}; args: {}",
         app.display(),
         args.memory,
-        app_args.join(" ")
+        boot_config::Redacted(&app_args.join(" "))
     ));
     let status = cmd.status().context("running qemu-system-x86_64")?;
     // Hermit exits through isa-debug-exit: QEMU returns (code << 1) | 1.

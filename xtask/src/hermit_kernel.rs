@@ -33,8 +33,9 @@ use crate::paths;
 pub const KERNEL_VERSION: &str = "0.11.0";
 
 /// Kernel features for the appliance: PCI virtio-net, ACPI (power-off, APIC discovery), fast
-/// FS/GS base, SMP, TCP via smoltcp, and an address from QEMU's DHCP server.
-pub const KERNEL_FEATURES: &[&str] = &["pci", "acpi", "fsgsbase", "smp", "tcp", "dhcpv4"];
+/// FS/GS base, SMP, TCP via smoltcp, an address by DHCP, and console output on the VGA text screen
+/// too (what an operator at a spare server sees).
+pub const KERNEL_FEATURES: &[&str] = &["pci", "acpi", "fsgsbase", "smp", "tcp", "dhcpv4", "vga"];
 
 /// Symbols that stay global: the system-call ABI std uses, the entry point, and the symbols the
 /// linked application must provide to the kernel or share with it.

@@ -4,6 +4,7 @@
 
 mod artefacts;
 mod bench;
+mod boot_disk;
 mod cache_key;
 mod client_vm;
 mod demo;

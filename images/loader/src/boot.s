@@ -1,6 +1,6 @@
 /*
- * Multiboot v1 entry: QEMU jumps to _start32 in 32-bit protected mode, paging off,
- * eax = multiboot magic, ebx = physical address of the multiboot information.
+ * Multiboot v1 and v2 entry: QEMU (v1) or GRUB (v2) jumps to _start32 in 32-bit protected mode,
+ * paging off, eax = multiboot magic, ebx = physical address of the multiboot information.
  *
  * This file does only what Rust cannot: it builds identity page tables, switches the CPU to
  * 64-bit long mode and calls loader_main(magic, info) on a fresh stack.
@@ -20,11 +20,30 @@
     .set HUGE, 0x80
     .set KERNEL_STACK_SIZE, 0x8000   /* Hermit 0.11 KERNEL_STACK_SIZE */
 
+    .set MB2_MAGIC, 0xE85250D6
+    .set MB2_ARCH_I386, 0
+
     .section .multiboot, "a"
     .balign 4
     .long MB_MAGIC
     .long MB_FLAGS
     .long -(MB_MAGIC + MB_FLAGS)
+
+    /* Multiboot2 header (GRUB's `multiboot2`): the same 32-bit entry, eax = 0x36d76289. Tags:
+     * page-aligned modules, end. */
+    .balign 8
+mb2_header:
+    .long MB2_MAGIC
+    .long MB2_ARCH_I386
+    .long mb2_header_end - mb2_header
+    .long -(MB2_MAGIC + MB2_ARCH_I386 + (mb2_header_end - mb2_header))
+    .balign 8
+    .short 6, 0                      /* module alignment */
+    .long 8
+    .balign 8
+    .short 0, 0                      /* end */
+    .long 8
+mb2_header_end:
 
     .section .text.boot32, "ax"
     .code32

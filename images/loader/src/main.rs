@@ -1,6 +1,7 @@
 //! tmem's boot loader for the Hermit appliance under QEMU.
 //!
-//! QEMU starts us through multiboot v1 (`-kernel loader -initrd appliance -append ARGS`). `boot.s`
+//! QEMU starts us through multiboot v1 (`-kernel loader -initrd appliance -append ARGS`), GRUB on
+//! the appliance's boot disk through multiboot2 (BIOS and UEFI machines). `boot.s`
 //! enters 64-bit mode on identity page tables and calls [`loader_main`], which:
 //!
 //! 1. reads the multiboot information (command line, the module = the appliance ELF, memory map),
@@ -18,9 +19,12 @@ mod fdt;
 mod firmware;
 mod kernel;
 mod multiboot;
+mod multiboot2;
 mod phys;
 mod port;
+mod screen;
 mod serial;
+mod settings;
 
 use core::num::{NonZeroU16, NonZeroU64};
 
@@ -44,8 +48,12 @@ extern "C" fn loader_main(magic: u32, info_addr: u32) -> ! {
     log::info!("tmem-loader {}", env!("CARGO_PKG_VERSION"));
 
     let info = multiboot::Info::parse(magic, info_addr).unwrap_or_else(|e| panic!("{e}"));
-    log::info!("command line: {:?}", info.cmdline);
     log::info!("application module at {:#x?}", info.module);
+    let cmdline = match &info.config {
+        Some(file) => settings::command_line(file, info.cmdline),
+        None => info.cmdline,
+    };
+    log::info!("command line: {}", boot_config::Redacted(cmdline));
 
     let loader_end = &raw const __loader_end as u64;
     assert!(
@@ -55,10 +63,10 @@ extern "C" fn loader_main(magic: u32, info_addr: u32) -> ! {
     );
     // QEMU stores the command-line strings right after the module; the kernel reads ours later.
     let cmdline_end = info.cmdline.as_ptr() as u64 + info.cmdline.len() as u64 + 1;
-    let in_use_end = loader_end.max(cmdline_end);
+    let in_use_end = loader_end.max(cmdline_end).max(info.modules_end);
     let loaded = kernel::load(&info.module, in_use_end, &info.memory);
 
-    let rsdp = firmware::find_rsdp();
+    let rsdp = info.rsdp.or_else(firmware::find_rsdp);
     match rsdp {
         Some(addr) => log::info!("ACPI RSDP at {addr:#x}"),
         None => log::warn!("no ACPI RSDP found; the kernel will search for it itself"),
@@ -80,7 +88,7 @@ extern "C" fn loader_main(magic: u32, info_addr: u32) -> ! {
         },
         load_info: loaded.load_info,
         platform_info: PlatformInfo::Multiboot {
-            command_line: Some(info.cmdline),
+            command_line: Some(cmdline),
             multiboot_info_addr: NonZeroU64::new(info.addr).expect("multiboot info at address 0"),
         },
     });
