@@ -179,9 +179,8 @@ fn serve(args: Args) -> Result<()> {
     };
     stop_on_signals(server.shutdown_handle())?;
     tracing::info!(%addr, memory = memory_limit, "listening");
-    // Plain lines on stdout too (the image's screen shows them): scripts and tests wait for the
-    // second, whose rest is the address.
-    println!("{summary}");
+    // Plain lines on stdout too (the image's screen shows them): scripts and tests read the
+    // first, whose rest is the address.
     println!("appliance listening on {addr}");
     if let Some(m) = &args.metrics_listen {
         let bound = appliance::metrics::spawn(m, store.clone(), server.net_counters())
@@ -189,6 +188,7 @@ fn serve(args: Args) -> Result<()> {
         tracing::info!(%bound, "serving metrics");
         println!("appliance metrics on http://{bound}/metrics");
     }
+    println!("{summary}");
     server.run()?;
     tracing::info!("stopped");
     Ok(())

@@ -5,6 +5,7 @@
 //!   tmem.conf, and under SeaBIOS the conformance suite too; boot-to-serving time (QEMU start to
 //!   the first HELLO answered) is printed for each firmware;
 //! - a static address from tmem.conf is the one it serves on;
+//! - a client VM's kclient swaps a verified workload to it;
 //! - a broken tmem.conf: the console names the line and what is wrong, the VGA screen shows it,
 //!   and nothing is served.
 //!
@@ -237,6 +238,42 @@ fn boot_disk_under_uefi_serves_a_verified_bench() {
     let (id, key) = keys.iter().next().map(|(i, k)| (*i, *k)).expect("a key");
     verified_bench(&addr, id, &key, &vm);
     assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
+}
+
+/// A client VM (256 MiB, kclient with the key from tmem.conf) swaps a 384 MiB workload to the
+/// appliance booted from the disk, through the port QEMU forwards from the host (10.0.2.2 in the
+/// client's network): every byte verified, kclient's counters clean.
+#[test]
+#[ignore = "VM test: run by cargo xtask test-vm"]
+fn boot_disk_appliance_takes_a_client_vms_swap() {
+    use qemu_tests::linux_vm::{
+        assert_swap_verified, boot_client, client_image, kernel_problems, parse_result, wait_exit,
+    };
+    let image = client_image();
+    let (mut appliance, addr, keys) = serve("disk-swap", Firmware::SeaBios, "", None);
+    let port = addr.rsplit(':').next().expect("port");
+    let (id, key) = keys.iter().next().map(|(i, k)| (*i, *k)).expect("a key");
+    let append = format!(
+        "tmem_test=swap tmem_target=10.0.2.2:{port} tmem_size=1G tmem_mib=384 \
+         tmem_client_id={id:#x} tmem_key={}",
+        hex(&key)
+    );
+    let mut vm = boot_client("disk-swap-client", &image, "256M", 2, &append).expect("client VM");
+    let waited = vm.wait_for_output("TMEM-RESULT", Duration::from_secs(1200));
+    let exited = wait_exit(&mut vm, Duration::from_secs(60));
+    let log = vm.output();
+    waited.unwrap_or_else(|e| panic!("no result: {e}"));
+    let result = parse_result(&log).expect("TMEM-RESULT line");
+    eprintln!("client swap to the boot-disk appliance: {result:?}");
+    let problems = kernel_problems(&log);
+    assert!(problems.is_empty(), "kernel problems: {problems:#?}");
+    assert_swap_verified(&result, &log);
+    assert!(exited, "client VM did not power off");
+    assert!(
+        appliance.is_running(),
+        "appliance VM died; log {}",
+        appliance.log_path().display()
+    );
 }
 
 /// A static address from tmem.conf: QEMU forwards only to that address, so a kernel that took
