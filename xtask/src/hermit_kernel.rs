@@ -32,9 +32,10 @@ use crate::paths;
 /// The last crates.io release of the kernel that contains real source.
 pub const KERNEL_VERSION: &str = "0.11.0";
 
-/// Kernel features for the appliance: PCI virtio-net, ACPI (power-off, APIC discovery), fast
-/// FS/GS base, SMP, TCP via smoltcp, and an address from QEMU's DHCP server.
-pub const KERNEL_FEATURES: &[&str] = &["pci", "acpi", "fsgsbase", "smp", "tcp", "dhcpv4"];
+/// Kernel features for the appliance: PCI virtio-net and (patch 0013) Intel e1000e, whichever
+/// the machine has, ACPI (power-off, APIC discovery), fast FS/GS base, SMP, TCP via smoltcp, and
+/// an address from QEMU's DHCP server.
+pub const KERNEL_FEATURES: &[&str] = &["pci", "acpi", "fsgsbase", "smp", "tcp", "dhcpv4", "e1000e"];
 
 /// Symbols that stay global: the system-call ABI std uses, the entry point, and the symbols the
 /// linked application must provide to the kernel or share with it.
