@@ -4,7 +4,9 @@
 //! - the protocol conformance and robustness suite (`tmemctl::conformance`) passes against the VM,
 //!   with keys (every session authenticated and encrypted);
 //! - a 1.5 GiB VM really holds more than 1 GiB of pages (appliance memory in use, not just counts);
-//! - on a tap device (checksum offload), fresh connections and a verified bench all succeed.
+//! - on a tap device (checksum offload), fresh connections and a verified bench all succeed;
+//! - on an Intel e1000e NIC (kernel patch 0013) instead of virtio-net, the conformance suite and a
+//!   verified bench pass.
 //!
 //! VM tests (ignored by `cargo test`; `cargo xtask test-vm` runs them): they need
 //! `target/images/{loader,appliance}` (`cargo xtask image`) and `target/release/tmemctl`
@@ -361,6 +363,101 @@ fn hermit_serves_on_a_tap_device_with_checksum_offload() {
     assert!(
         out.status.success(),
         "bench failed: {}{}; VM log {}",
+        out.stdout,
+        out.stderr,
+        vm.log_path().display()
+    );
+    let summary = out.summary();
+    assert_eq!(summary.get("mismatches").map(String::as_str), Some("0"));
+    assert_eq!(summary.get("refused").map(String::as_str), Some("0"));
+    assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
+}
+
+/// `qemu` (an appliance VM command) with its virtio-net NIC replaced by an Intel 82574L
+/// (`-device e1000e`) on the same user network and port forward.
+fn with_e1000e_nic(qemu: &Command) -> Command {
+    let mut replaced = 0;
+    let args: Vec<std::ffi::OsString> = qemu
+        .get_args()
+        .map(|a| {
+            if a.to_string_lossy().starts_with("virtio-net-pci,") {
+                replaced += 1;
+                "e1000e,netdev=n0".into()
+            } else {
+                a.to_owned()
+            }
+        })
+        .collect();
+    assert_eq!(replaced, 1, "no virtio-net NIC to replace in {qemu:?}");
+    let mut cmd = Command::new(qemu.get_program());
+    cmd.args(args);
+    cmd
+}
+
+/// The appliance on the NIC servers have, an Intel e1000e (82574L; kernel patch 0013, chosen at
+/// boot because it is the only NIC): the conformance suite and a verified bench pass through it.
+#[test]
+#[ignore = "VM test: run by cargo xtask test-vm"]
+fn hermit_serves_on_an_e1000e_nic() {
+    let image = hermit_image();
+    let tmemctl = workspace_binary("tmemctl");
+    let port = qemu_tests::free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let frame_timeout = Duration::from_secs(5);
+    let frame = frame_timeout.as_secs().to_string();
+    let qemu = qemu_tests::hermit_command(
+        &image,
+        "1G",
+        port,
+        &[
+            "--listen",
+            &listen,
+            "--insecure",
+            "--memory",
+            "256MiB",
+            "--frame-timeout",
+            &frame,
+            "--log-level",
+            "warn",
+        ],
+    );
+    let mut vm = Qemu::spawn("hermit-e1000e", with_e1000e_nic(&qemu)).expect("QEMU started");
+    vm.wait_for_output("appliance listening on", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}; VM log {}", vm.log_path().display()));
+    let addr = format!("127.0.0.1:{port}");
+    qemu_tests::wait_for_port(addr.parse().unwrap(), Duration::from_secs(30)).expect("forward");
+    let log = vm.output();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("NIC e1000e") && l.contains("link up, in use")),
+        "the e1000e driver is not the one in use: {log}"
+    );
+
+    let opts = tmemctl::conformance::Options {
+        frame_timeout,
+        idle_connections: 64,
+        keys: None,
+    };
+    let start = Instant::now();
+    let result = tmemctl::conformance::run_all(&addr, &opts, |name, r| match r {
+        Ok(()) => eprintln!("ok    {name} ({:.1?})", start.elapsed()),
+        Err(e) => eprintln!("FAIL  {name}: {e:#}"),
+    });
+    if let Err(e) = result {
+        panic!("{e:#}\nVM log {}", vm.log_path().display());
+    }
+
+    let mut bench = Command::new(&tmemctl);
+    bench
+        .args(["--target", &addr, "bench", "--pages", "20000"])
+        .args(["--threads", "2", "--depth", "8", "--batch", "16"])
+        .args(["--corpus", "synthetic", "--max-seconds", "240"]);
+    let out = run_bounded(bench, Duration::from_secs(300)).expect("tmemctl bench finished");
+    eprintln!("{}", out.stdout.trim_end());
+    assert!(
+        out.status.success(),
+        "bench failed ({}): {}{}; VM log {}",
+        out.status,
         out.stdout,
         out.stderr,
         vm.log_path().display()
