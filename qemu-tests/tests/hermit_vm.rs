@@ -4,7 +4,9 @@
 //! - the protocol conformance and robustness suite (`tmemctl::conformance`) passes against the VM,
 //!   with keys (every session authenticated and encrypted);
 //! - a 1.5 GiB VM really holds more than 1 GiB of pages (appliance memory in use, not just counts);
-//! - on a tap device (checksum offload), fresh connections and a verified bench all succeed.
+//! - on a tap device (checksum offload), fresh connections and a verified bench all succeed;
+//! - on an Intel e1000e NIC (kernel patch 0013) instead of virtio-net, the conformance suite and a
+//!   verified bench pass.
 //!
 //! VM tests (ignored by `cargo test`; `cargo xtask test-vm` runs them): they need
 //! `target/images/{loader,appliance}` (`cargo xtask image`) and `target/release/tmemctl`
@@ -369,4 +371,181 @@ fn hermit_serves_on_a_tap_device_with_checksum_offload() {
     assert_eq!(summary.get("mismatches").map(String::as_str), Some("0"));
     assert_eq!(summary.get("refused").map(String::as_str), Some("0"));
     assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
+}
+
+/// `qemu` with every argument passed through `f` (which returns what replaces it).
+fn rewrite_args(
+    qemu: &Command,
+    mut f: impl FnMut(&std::ffi::OsStr) -> Vec<std::ffi::OsString>,
+) -> Command {
+    let mut cmd = Command::new(qemu.get_program());
+    cmd.args(qemu.get_args().flat_map(&mut f));
+    cmd
+}
+
+/// `qemu` (an appliance VM command) with its virtio-net NIC replaced by an Intel 82574L
+/// (`-device e1000e`) on the same user network and port forward.
+fn with_e1000e_nic(qemu: &Command) -> Command {
+    let mut replaced = 0;
+    let cmd = rewrite_args(qemu, |a| {
+        if a.to_string_lossy().starts_with("virtio-net-pci,") {
+            replaced += 1;
+            vec!["e1000e,netdev=n0".into()]
+        } else {
+            vec![a.to_owned()]
+        }
+    });
+    assert_eq!(replaced, 1, "no virtio-net NIC to replace in {qemu:?}");
+    cmd
+}
+
+/// The appliance on the NIC servers have, an Intel e1000e (82574L; kernel patch 0013, chosen at
+/// boot because it is the only NIC): the conformance suite and a verified bench pass through it.
+/// Then the choice among several NICs: an e1000e without a link placed before the virtio-net NIC
+/// (in PCI order) is passed over, and the appliance serves through the virtio-net one.
+#[test]
+#[ignore = "VM test: run by cargo xtask test-vm"]
+fn hermit_serves_on_an_e1000e_nic() {
+    let image = hermit_image();
+    let tmemctl = workspace_binary("tmemctl");
+    let port = qemu_tests::free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let frame_timeout = Duration::from_secs(5);
+    let frame = frame_timeout.as_secs().to_string();
+    // With keys, as deployed (and as in `hermit_passes_the_conformance_suite`).
+    let keys = tmemctl::conformance::suite_keys(0x00e1_000e);
+    let key_args: Vec<String> = keys
+        .iter()
+        .map(|(id, k)| {
+            let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{id:#x}:{hex}")
+        })
+        .collect();
+    let mut args = vec![
+        "--listen",
+        &listen,
+        "--memory",
+        "256MiB",
+        "--frame-timeout",
+        &frame,
+        "--log-level",
+        "warn",
+    ];
+    for k in &key_args {
+        args.extend(["--key", k.as_str()]);
+    }
+    let qemu = qemu_tests::hermit_command(&image, "1G", port, &args);
+    let mut vm = Qemu::spawn("hermit-e1000e", with_e1000e_nic(&qemu)).expect("QEMU started");
+    vm.wait_for_output("appliance listening on", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}; VM log {}", vm.log_path().display()));
+    let addr = format!("127.0.0.1:{port}");
+    qemu_tests::wait_for_port(addr.parse().unwrap(), Duration::from_secs(30)).expect("forward");
+    let in_use = |log: &str, nic: &str| {
+        log.lines()
+            .any(|l| l.contains(&format!("NIC {nic} ")) && l.contains("link up, in use"))
+    };
+    assert!(
+        in_use(&vm.output(), "e1000e"),
+        "the e1000e driver is not the one in use: {}",
+        vm.output()
+    );
+
+    let opts = tmemctl::conformance::Options {
+        frame_timeout,
+        idle_connections: 64,
+        keys: Some(keys.clone()),
+    };
+    let start = Instant::now();
+    let result = tmemctl::conformance::run_all(&addr, &opts, |name, r| match r {
+        Ok(()) => eprintln!("ok    {name} ({:.1?})", start.elapsed()),
+        Err(e) => eprintln!("FAIL  {name}: {e:#}"),
+    });
+    if let Err(e) = result {
+        panic!("{e:#}\nVM log {}", vm.log_path().display());
+    }
+
+    // The bench authenticates with one of the suite's keys.
+    let (bench_id, bench_key) = keys.iter().next().expect("suite keys");
+    let key_hex: String = bench_key.iter().map(|b| format!("{b:02x}")).collect();
+    let mut bench = Command::new(&tmemctl);
+    bench
+        .env("TMEM_KEY", &key_hex)
+        .args(["--client-id", &bench_id.to_string()])
+        .args(["--target", &addr, "bench", "--pages", "20000"])
+        .args(["--threads", "2", "--depth", "8", "--batch", "16"])
+        .args(["--corpus", "synthetic", "--max-seconds", "240"]);
+    let out = run_bounded(bench, Duration::from_secs(300)).expect("tmemctl bench finished");
+    eprintln!("{}", out.stdout.trim_end());
+    assert!(
+        out.status.success(),
+        "bench failed ({}): {}{}; VM log {}",
+        out.status,
+        out.stdout,
+        out.stderr,
+        vm.log_path().display()
+    );
+    let summary = out.summary();
+    assert_eq!(summary.get("mismatches").map(String::as_str), Some("0"));
+    assert_eq!(summary.get("refused").map(String::as_str), Some("0"));
+    assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
+    drop(vm);
+
+    // Two NICs: an e1000e first in PCI order, its link off (set through QEMU's monitor before
+    // the guest runs), then the virtio-net NIC that carries the forward.
+    let monitor = std::env::temp_dir().join(format!("hermit-e1000e-{port}.sock"));
+    let _ = std::fs::remove_file(&monitor);
+    let mut first_netdev = true;
+    let two = rewrite_args(&qemu, |a| match a.to_str() {
+        Some("-netdev") if std::mem::take(&mut first_netdev) => [
+            "-netdev",
+            "user,id=n1",
+            "-device",
+            "e1000e,netdev=n1",
+            "-netdev",
+        ]
+        .map(Into::into)
+        .to_vec(),
+        Some("-no-reboot") => vec!["-no-reboot".into(), "-S".into()],
+        _ => vec![a.to_owned()],
+    });
+    let two = qemu_tests::with_option(
+        &two,
+        "-monitor",
+        format!("unix:{},server=on,wait=off", monitor.display()),
+    );
+    let mut vm = Qemu::spawn("hermit-two-nics", two).expect("QEMU started");
+    let mut mon = None;
+    for _ in 0..100 {
+        match std::os::unix::net::UnixStream::connect(&monitor) {
+            Ok(s) => {
+                mon = Some(s);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    let mut mon = mon.expect("QEMU monitor socket");
+    std::io::Write::write_all(&mut mon, b"set_link n1 off\ncont\n").expect("monitor commands");
+    vm.wait_for_output("appliance listening on", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}; VM log {}", vm.log_path().display()));
+    let log = vm.output();
+    assert!(
+        log.contains("NIC e1000e at 00-00:03.0: link down") && in_use(&log, "virtio"),
+        "the NIC with a link was not chosen: {log}"
+    );
+    let mut stats = Command::new(&tmemctl);
+    stats
+        .env("TMEM_KEY", &key_hex)
+        .args(["--client-id", &bench_id.to_string()])
+        .args(["--target", &addr, "stats"]);
+    let out = run_bounded(stats, Duration::from_secs(60)).expect("tmemctl stats ran");
+    assert!(
+        out.status.success(),
+        "stats through the virtio-net NIC failed: {}{}; VM log {}",
+        out.stdout,
+        out.stderr,
+        vm.log_path().display()
+    );
+    drop(mon);
+    let _ = std::fs::remove_file(&monitor);
 }

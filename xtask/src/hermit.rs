@@ -60,9 +60,29 @@ pub struct RunArgs {
     /// Extra Hermit kernel argument placed before `--` (repeatable), e.g. `-freq 2400`.
     #[arg(long = "kernel-arg", value_name = "ARG", allow_hyphen_values = true)]
     kernel_args: Vec<String>,
+    /// The VM's NIC: `virtio` (virtio-net-pci) or `e1000e` (Intel 82574L, the NIC of servers).
+    #[arg(long, value_enum, default_value_t = Nic::Virtio)]
+    nic: Nic,
     /// Arguments for the appliance (replace the defaults `--listen 0.0.0.0:PORT --insecure --memory STORE`).
     #[arg(last = true)]
     app_args: Vec<String>,
+}
+
+/// A NIC the appliance kernel drives (it picks the one the machine has at boot).
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Nic {
+    Virtio,
+    E1000e,
+}
+
+impl Nic {
+    /// QEMU `-device` value for this NIC on netdev `n0`.
+    fn qemu_device(self) -> &'static str {
+        match self {
+            Nic::Virtio => "virtio-net-pci,netdev=n0,disable-legacy=on",
+            Nic::E1000e => "e1000e,netdev=n0",
+        }
+    }
 }
 
 pub fn image(args: &ImageArgs) -> Result<()> {
@@ -304,7 +324,7 @@ pub fn run_appliance(args: &RunArgs) -> Result<()> {
         "-netdev",
         &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{port}"),
         "-device",
-        "virtio-net-pci,netdev=n0,disable-legacy=on",
+        args.nic.qemu_device(),
     ]);
     step(&format!(
         "booting {} under QEMU TCG ({} RAM); appliance reachable at 127.0.0.1:{port}; args: {}",

@@ -32,10 +32,13 @@ use crate::paths;
 /// The last crates.io release of the kernel that contains real source.
 pub const KERNEL_VERSION: &str = "0.11.0";
 
-/// Kernel features for the appliance: PCI virtio-net, ACPI (power-off, APIC discovery), fast
-/// FS/GS base, SMP, TCP via smoltcp, an address by DHCP, and console output on the VGA text screen
-/// too (what an operator at a spare server sees).
-pub const KERNEL_FEATURES: &[&str] = &["pci", "acpi", "fsgsbase", "smp", "tcp", "dhcpv4", "vga"];
+/// Kernel features for the appliance: PCI virtio-net and (patch 0013) Intel e1000e, whichever
+/// the machine has, ACPI (power-off, APIC discovery), fast FS/GS base, SMP, TCP via smoltcp, an
+/// address by DHCP (or static), and console output on the VGA text screen too (what an operator
+/// at a spare server sees).
+pub const KERNEL_FEATURES: &[&str] = &[
+    "pci", "acpi", "fsgsbase", "smp", "tcp", "dhcpv4", "vga", "e1000e",
+];
 
 /// Symbols that stay global: the system-call ABI std uses, the entry point, and the symbols the
 /// linked application must provide to the kernel or share with it.
