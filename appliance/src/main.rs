@@ -100,6 +100,14 @@ fn main() -> Result<()> {
     result
 }
 
+/// A line on stdout for the operator and for scripts. A reader that stopped reading (a script
+/// that took the first line and closed the pipe) must not stop the server, as `println!` would.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
 /// Shows a start-up error and stops here: no exit, so no power-off that would clear the screen.
 fn halt(e: &anyhow::Error) -> ! {
     println!("appliance: cannot start: {e:#}");
@@ -181,14 +189,14 @@ fn serve(args: Args) -> Result<()> {
     tracing::info!(%addr, memory = memory_limit, "listening");
     // Plain lines on stdout too (the image's screen shows them): scripts and tests read the
     // first, whose rest is the address.
-    println!("appliance listening on {addr}");
+    say(format_args!("appliance listening on {addr}"));
     if let Some(m) = &args.metrics_listen {
         let bound = appliance::metrics::spawn(m, store.clone(), server.net_counters())
             .with_context(|| format!("cannot serve metrics on {m}"))?;
         tracing::info!(%bound, "serving metrics");
-        println!("appliance metrics on http://{bound}/metrics");
+        say(format_args!("appliance metrics on http://{bound}/metrics"));
     }
-    println!("{summary}");
+    say(format_args!("{summary}"));
     server.run()?;
     tracing::info!("stopped");
     Ok(())

@@ -1,11 +1,11 @@
 //! The appliance's boot disk (`target/images/tmem-appliance.img` from `cargo xtask image`), booted
 //! as a spare machine would boot it: from the disk, through GRUB, no `-kernel`, its settings from
 //! the `tmem.conf` an operator edits on the disk's FAT partition.
-//! - under SeaBIOS and under OVMF (UEFI): a verified bench runs against it with the key from its
-//!   tmem.conf, and under SeaBIOS the conformance suite too; boot-to-serving time (QEMU start to
-//!   the first HELLO answered) is printed for each firmware;
-//! - a static address from tmem.conf is the one it serves on;
-//! - a client VM's kclient swaps a verified workload to it;
+//! - with an Intel e1000e NIC, under SeaBIOS and under OVMF (UEFI): a verified bench runs against
+//!   it with the key from its tmem.conf, and under SeaBIOS the conformance suite too;
+//!   boot-to-serving time (QEMU start to the first HELLO answered) is printed for each;
+//! - a client VM's kclient swaps a verified workload to it (e1000e);
+//! - with virtio-net, a static address from tmem.conf is the one it serves on;
 //! - a broken tmem.conf: the console names the line and what is wrong, the VGA screen shows it,
 //!   and nothing is served.
 //!
@@ -29,6 +29,22 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Debian's OVMF build (package `ovmf`).
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// The NIC QEMU gives the machine: a server's (Intel 82574L, patch 0013) or a VM's.
+#[derive(Clone, Copy, Debug)]
+enum Nic {
+    E1000e,
+    VirtioNet,
+}
+
+impl Nic {
+    fn device(self) -> &'static str {
+        match self {
+            Nic::E1000e => "e1000e,netdev=n0,romfile=",
+            Nic::VirtioNet => "virtio-net-pci,netdev=n0,disable-legacy=on,romfile=",
+        }
+    }
+}
 
 /// Which firmware boots the disk.
 #[derive(Clone, Copy, Debug)]
@@ -67,6 +83,7 @@ fn boot(
     name: &str,
     disk: &Path,
     firmware: Firmware,
+    nic: Nic,
     port: u16,
     guest: Option<&str>,
     monitor: Option<&Path>,
@@ -81,10 +98,7 @@ fn boot(
             "-netdev",
             &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-{guest}:{port}"),
         ])
-        .args([
-            "-device",
-            "virtio-net-pci,netdev=n0,disable-legacy=on,romfile=",
-        ]);
+        .args(["-device", nic.device()]);
     match monitor {
         Some(path) => cmd
             .arg("-monitor")
@@ -182,6 +196,7 @@ fn verified_bench(addr: &str, id: u64, key: &[u8; 32], vm: &Qemu) {
 fn serve(
     name: &str,
     firmware: Firmware,
+    nic: Nic,
     extra: &str,
     guest: Option<&str>,
 ) -> (Qemu, String, std::collections::HashMap<u64, [u8; 32]>) {
@@ -190,11 +205,13 @@ fn serve(
     let listed: Vec<(u64, [u8; 32])> = keys.iter().map(|(id, k)| (*id, *k)).collect();
     let disk = disk_with(name, &(conf(port, &listed) + extra));
     let start = Instant::now();
-    let mut vm = boot(name, &disk, firmware, port, guest, None);
+    let mut vm = boot(name, &disk, firmware, nic, port, guest, None);
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port)).to_string();
     let (id, key) = listed[0];
     let took = first_hello(&addr, &Identity::with_key(id, key), &mut vm, start);
-    eprintln!("boot to serving ({firmware:?}, QEMU start to first HELLO answered): {took:.1?}");
+    eprintln!(
+        "boot to serving ({firmware:?}, {nic:?}, QEMU start to first HELLO answered): {took:.1?}"
+    );
     let out = vm.output();
     assert!(
         out.contains("tmem.conf: port"),
@@ -211,7 +228,7 @@ fn hex(key: &[u8; 32]) -> String {
 #[test]
 #[ignore = "VM test: run by cargo xtask test-vm"]
 fn boot_disk_under_seabios_passes_the_conformance_suite_and_a_verified_bench() {
-    let (mut vm, addr, keys) = serve("disk-seabios", Firmware::SeaBios, "", None);
+    let (mut vm, addr, keys) = serve("disk-seabios", Firmware::SeaBios, Nic::E1000e, "", None);
     let (id, key) = keys.iter().next().map(|(i, k)| (*i, *k)).expect("a key");
     verified_bench(&addr, id, &key, &vm);
     let opts = tmemctl::conformance::Options {
@@ -234,7 +251,7 @@ fn boot_disk_under_seabios_passes_the_conformance_suite_and_a_verified_bench() {
 #[test]
 #[ignore = "VM test: run by cargo xtask test-vm"]
 fn boot_disk_under_uefi_serves_a_verified_bench() {
-    let (mut vm, addr, keys) = serve("disk-ovmf", Firmware::Ovmf, "", None);
+    let (mut vm, addr, keys) = serve("disk-ovmf", Firmware::Ovmf, Nic::E1000e, "", None);
     let (id, key) = keys.iter().next().map(|(i, k)| (*i, *k)).expect("a key");
     verified_bench(&addr, id, &key, &vm);
     assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
@@ -250,7 +267,7 @@ fn boot_disk_appliance_takes_a_client_vms_swap() {
         assert_swap_verified, boot_client, client_image, kernel_problems, parse_result, wait_exit,
     };
     let image = client_image();
-    let (mut appliance, addr, keys) = serve("disk-swap", Firmware::SeaBios, "", None);
+    let (mut appliance, addr, keys) = serve("disk-swap", Firmware::SeaBios, Nic::E1000e, "", None);
     let port = addr.rsplit(':').next().expect("port");
     let (id, key) = keys.iter().next().map(|(i, k)| (*i, *k)).expect("a key");
     let append = format!(
@@ -284,6 +301,7 @@ fn boot_disk_with_a_static_address_serves_on_it() {
     let (mut vm, addr, keys) = serve(
         "disk-static",
         Firmware::SeaBios,
+        Nic::VirtioNet,
         "address = 10.0.2.77/24\ngateway = 10.0.2.2\n",
         Some("10.0.2.77"),
     );
@@ -338,6 +356,7 @@ fn broken_tmem_conf_is_shown_with_its_line_and_nothing_is_served() {
         "disk-broken",
         &disk,
         Firmware::SeaBios,
+        Nic::VirtioNet,
         port,
         None,
         Some(&monitor),
