@@ -100,6 +100,13 @@ fn main() -> Result<()> {
     result
 }
 
+/// On the image, a listener fails first of all when the kernel found no network card it drives.
+#[cfg(target_os = "hermit")]
+const NO_NIC_HINT: &str = " (has this machine a network card the image drives, virtio-net or \
+    Intel 82574L? docs/deploy.md)";
+#[cfg(not(target_os = "hermit"))]
+const NO_NIC_HINT: &str = "";
+
 /// A line on stdout for the operator and for scripts. A reader that stopped reading (a script
 /// that took the first line and closed the pipe) must not stop the server, as `println!` would.
 fn say(line: std::fmt::Arguments<'_>) {
@@ -179,7 +186,7 @@ fn serve(args: Args) -> Result<()> {
         auth,
     };
     let server = Server::bind(&args.listen, store.clone(), config)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {}{NO_NIC_HINT}", args.listen))?;
     // Hermit's sockets report 0.0.0.0:0 for a bound listener: show what was asked for instead.
     let addr = match server.local_addr()? {
         a if a.port() == 0 => args.listen.clone(),
