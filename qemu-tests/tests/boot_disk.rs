@@ -20,8 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use qemu_tests::artefacts::{images_dir, require_files, required};
-use qemu_tests::{free_port, run_bounded, workspace_binary, workspace_root, Qemu};
+use qemu_tests::{free_port, run_bounded, workspace_root, Qemu};
+use support::checks::{conformance_passes, key_hex, verified_bench};
 use tmemctl::secure::Identity;
 
 /// GRUB's menu waits 2 s; OVMF's start under TCG takes 10-30 s on a busy machine.
@@ -151,44 +154,9 @@ fn first_hello(addr: &str, id: &Identity, vm: &mut Qemu, start: Instant) -> Dura
 fn conf(port: u16, keys: &[(u64, [u8; 32])]) -> String {
     let mut text = format!("# written by the boot_disk test\nmemory = auto\nport = {port}\n");
     for (id, key) in keys {
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        text += &format!("key = {id:#x} {hex}\n");
+        text += &format!("key = {id:#x} {}\n", key_hex(key));
     }
     text
-}
-
-/// A verified `tmemctl bench` as `id`, whose key goes in the environment.
-fn verified_bench(addr: &str, id: u64, key: &[u8; 32], vm: &Qemu) {
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    let mut cmd = Command::new(workspace_binary("tmemctl"));
-    cmd.env("TMEM_KEY", hex)
-        .args(["--client-id", &format!("{id:#x}"), "--target", addr])
-        .args([
-            "bench",
-            "--pages",
-            "5000",
-            "--threads",
-            "2",
-            "--depth",
-            "8",
-            "--batch",
-            "16",
-        ])
-        .args(["--corpus", "synthetic", "--max-seconds", "240"]);
-    let out = run_bounded(cmd, Duration::from_secs(300)).expect("tmemctl bench finished");
-    eprintln!("{}", out.stdout.trim_end());
-    assert!(
-        out.status.success(),
-        "tmemctl bench failed ({}): {}\n{}\nVM log {}",
-        out.status,
-        out.stdout,
-        out.stderr,
-        vm.log_path().display()
-    );
-    assert_eq!(
-        out.summary().get("mismatches").map(String::as_str),
-        Some("0")
-    );
 }
 
 /// Boots the disk under `firmware` with a keyed tmem.conf (plus `extra` lines, and the guest
@@ -217,12 +185,11 @@ fn serve(
         out.contains("tmem.conf: port"),
         "loader did not read tmem.conf:\n{out}"
     );
-    assert!(!out.contains(&hex(&key)), "a key reached the console log");
+    assert!(
+        !out.contains(&key_hex(&key)),
+        "a key reached the console log"
+    );
     (vm, addr, keys)
-}
-
-fn hex(key: &[u8; 32]) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]
@@ -230,21 +197,9 @@ fn hex(key: &[u8; 32]) -> String {
 fn boot_disk_under_seabios_passes_the_conformance_suite_and_a_verified_bench() {
     let (mut vm, addr, keys) = serve("disk-seabios", Firmware::SeaBios, Nic::E1000e, "", None);
     let (id, key) = keys.iter().next().map(|(i, k)| (*i, *k)).expect("a key");
-    verified_bench(&addr, id, &key, &vm);
-    let opts = tmemctl::conformance::Options {
-        // The image's default `--frame-timeout` (tmem.conf does not set it).
-        frame_timeout: Duration::from_secs(30),
-        idle_connections: 64,
-        keys: Some(keys),
-    };
-    let start = Instant::now();
-    let result = tmemctl::conformance::run_all(&addr, &opts, |name, r| match r {
-        Ok(()) => eprintln!("ok    {name} ({:.1?})", start.elapsed()),
-        Err(e) => eprintln!("FAIL  {name}: {e:#}"),
-    });
-    if let Err(e) = result {
-        panic!("{e:#}\nVM log {}", vm.log_path().display());
-    }
+    verified_bench(&addr, Some((id, &key)), 5000, &[], &vm);
+    // The image's default `--frame-timeout` (tmem.conf does not set it).
+    conformance_passes(&addr, Duration::from_secs(30), Some(keys), &vm);
     assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
 }
 
@@ -253,7 +208,7 @@ fn boot_disk_under_seabios_passes_the_conformance_suite_and_a_verified_bench() {
 fn boot_disk_under_uefi_serves_a_verified_bench() {
     let (mut vm, addr, keys) = serve("disk-ovmf", Firmware::Ovmf, Nic::E1000e, "", None);
     let (id, key) = keys.iter().next().map(|(i, k)| (*i, *k)).expect("a key");
-    verified_bench(&addr, id, &key, &vm);
+    verified_bench(&addr, Some((id, &key)), 5000, &[], &vm);
     assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
 }
 
@@ -273,7 +228,7 @@ fn boot_disk_appliance_takes_a_client_vms_swap() {
     let append = format!(
         "tmem_test=swap tmem_target=10.0.2.2:{port} tmem_size=1G tmem_mib=384 \
          tmem_client_id={id:#x} tmem_key={}",
-        hex(&key)
+        key_hex(&key)
     );
     let mut vm = boot_client("disk-swap-client", &image, "256M", 2, &append).expect("client VM");
     let waited = vm.wait_for_output("TMEM-RESULT", Duration::from_secs(1200));
@@ -306,7 +261,7 @@ fn boot_disk_with_a_static_address_serves_on_it() {
         Some("10.0.2.77"),
     );
     let (id, key) = keys.iter().next().map(|(i, k)| (*i, *k)).expect("a key");
-    verified_bench(&addr, id, &key, &vm);
+    verified_bench(&addr, Some((id, &key)), 5000, &[], &vm);
     assert!(
         vm.output().contains("Static address 10.0.2.77/24"),
         "log {}",

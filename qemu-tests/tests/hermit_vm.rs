@@ -17,8 +17,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use qemu_tests::tap_lan::TapLan;
 use qemu_tests::{hermit_image, run_bounded, workspace_binary, Qemu};
+use support::checks::{conformance_passes, key_hex, keyed_conformance_args, verified_bench};
 use tmemctl::bench::{run_phase, BenchConfig, Op, TmemBackend};
 use tmemctl::corpus::Corpus;
 use tmemctl::secure::Identity;
@@ -82,27 +85,8 @@ fn hermit_bench_verifies_every_page_and_stats_show_them() {
     );
 
     let pages = 20_000u64;
-    let mut cmd = Command::new(&tmemctl);
-    cmd.args(["--target", &addr, "bench", "--pages", &pages.to_string()])
-        .args(["--threads", "2", "--depth", "8", "--batch", "16"])
-        .args(["--corpus", "synthetic", "--max-seconds", "240", "--keep"]);
     let start = Instant::now();
-    let out = run_bounded(cmd, Duration::from_secs(300)).expect("tmemctl bench finished");
-    eprintln!("{}", out.stdout.trim_end());
-    assert!(
-        out.status.success(),
-        "tmemctl bench failed ({}): {}\n{}\nVM log {}",
-        out.status,
-        out.stdout,
-        out.stderr,
-        vm.log_path().display()
-    );
-    let summary = out.summary();
-    assert_eq!(
-        summary.get("mismatches").map(String::as_str),
-        Some("0"),
-        "summary: {summary:?}"
-    );
+    verified_bench(&addr, None, pages, &["--keep"], &vm);
     eprintln!("bench of {pages} pages took {:?}", start.elapsed());
 
     let stats = stats_json(&tmemctl, &addr);
@@ -124,41 +108,12 @@ fn hermit_passes_the_conformance_suite() {
     // With keys, as deployed: every session of the suite authenticated and encrypted (the keys
     // reach the unikernel on its command line, `--key ID:HEX` each).
     let keys = tmemctl::conformance::suite_keys(0x004e_015e);
-    let key_args: Vec<String> = keys
-        .iter()
-        .map(|(id, k)| {
-            let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
-            format!("{id:#x}:{hex}")
-        })
-        .collect();
-    let frame = frame_timeout.as_secs().to_string();
-    let mut args = vec![
-        "--memory",
-        "256MiB",
-        "--frame-timeout",
-        &frame,
-        "--log-level",
-        "warn",
-    ];
-    for k in &key_args {
-        args.extend(["--key", k.as_str()]);
-    }
+    let owned = keyed_conformance_args(&keys, frame_timeout);
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     let (mut vm, addr) =
         Qemu::boot_hermit_appliance("hermit-conformance", &image, "1G", &args, BOOT_TIMEOUT)
             .expect("appliance VM booted");
-    let opts = tmemctl::conformance::Options {
-        frame_timeout,
-        idle_connections: 64,
-        keys: Some(keys),
-    };
-    let start = Instant::now();
-    let result = tmemctl::conformance::run_all(&addr.to_string(), &opts, |name, r| match r {
-        Ok(()) => eprintln!("ok    {name} ({:.1?})", start.elapsed()),
-        Err(e) => eprintln!("FAIL  {name}: {e:#}"),
-    });
-    if let Err(e) = result {
-        panic!("{e:#}\nVM log {}", vm.log_path().display());
-    }
+    conformance_passes(&addr.to_string(), frame_timeout, Some(keys), &vm);
     assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
 }
 
@@ -409,31 +364,12 @@ fn hermit_serves_on_an_e1000e_nic() {
     let image = hermit_image();
     let tmemctl = workspace_binary("tmemctl");
     let port = qemu_tests::free_port();
-    let listen = format!("0.0.0.0:{port}");
     let frame_timeout = Duration::from_secs(5);
-    let frame = frame_timeout.as_secs().to_string();
     // With keys, as deployed (and as in `hermit_passes_the_conformance_suite`).
     let keys = tmemctl::conformance::suite_keys(0x00e1_000e);
-    let key_args: Vec<String> = keys
-        .iter()
-        .map(|(id, k)| {
-            let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
-            format!("{id:#x}:{hex}")
-        })
-        .collect();
-    let mut args = vec![
-        "--listen",
-        &listen,
-        "--memory",
-        "256MiB",
-        "--frame-timeout",
-        &frame,
-        "--log-level",
-        "warn",
-    ];
-    for k in &key_args {
-        args.extend(["--key", k.as_str()]);
-    }
+    let mut owned = vec!["--listen".to_string(), format!("0.0.0.0:{port}")];
+    owned.extend(keyed_conformance_args(&keys, frame_timeout));
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     let qemu = qemu_tests::hermit_command(&image, "1G", port, &args);
     let mut vm = Qemu::spawn("hermit-e1000e", with_e1000e_nic(&qemu)).expect("QEMU started");
     vm.wait_for_output("appliance listening on", BOOT_TIMEOUT)
@@ -450,43 +386,11 @@ fn hermit_serves_on_an_e1000e_nic() {
         vm.output()
     );
 
-    let opts = tmemctl::conformance::Options {
-        frame_timeout,
-        idle_connections: 64,
-        keys: Some(keys.clone()),
-    };
-    let start = Instant::now();
-    let result = tmemctl::conformance::run_all(&addr, &opts, |name, r| match r {
-        Ok(()) => eprintln!("ok    {name} ({:.1?})", start.elapsed()),
-        Err(e) => eprintln!("FAIL  {name}: {e:#}"),
-    });
-    if let Err(e) = result {
-        panic!("{e:#}\nVM log {}", vm.log_path().display());
-    }
+    conformance_passes(&addr, frame_timeout, Some(keys.clone()), &vm);
 
     // The bench authenticates with one of the suite's keys.
     let (bench_id, bench_key) = keys.iter().next().expect("suite keys");
-    let key_hex: String = bench_key.iter().map(|b| format!("{b:02x}")).collect();
-    let mut bench = Command::new(&tmemctl);
-    bench
-        .env("TMEM_KEY", &key_hex)
-        .args(["--client-id", &bench_id.to_string()])
-        .args(["--target", &addr, "bench", "--pages", "20000"])
-        .args(["--threads", "2", "--depth", "8", "--batch", "16"])
-        .args(["--corpus", "synthetic", "--max-seconds", "240"]);
-    let out = run_bounded(bench, Duration::from_secs(300)).expect("tmemctl bench finished");
-    eprintln!("{}", out.stdout.trim_end());
-    assert!(
-        out.status.success(),
-        "bench failed ({}): {}{}; VM log {}",
-        out.status,
-        out.stdout,
-        out.stderr,
-        vm.log_path().display()
-    );
-    let summary = out.summary();
-    assert_eq!(summary.get("mismatches").map(String::as_str), Some("0"));
-    assert_eq!(summary.get("refused").map(String::as_str), Some("0"));
+    verified_bench(&addr, Some((*bench_id, bench_key)), 20_000, &[], &vm);
     assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
     drop(vm);
 
@@ -535,7 +439,7 @@ fn hermit_serves_on_an_e1000e_nic() {
     );
     let mut stats = Command::new(&tmemctl);
     stats
-        .env("TMEM_KEY", &key_hex)
+        .env("TMEM_KEY", key_hex(bench_key))
         .args(["--client-id", &bench_id.to_string()])
         .args(["--target", &addr, "stats"]);
     let out = run_bounded(stats, Duration::from_secs(60)).expect("tmemctl stats ran");
