@@ -350,9 +350,11 @@ impl fmt::Display for Redacted<'_> {
                 None => (word, None),
             };
             f.write_str(prefix)?;
-            if let Some(v) = value {
-                let id = v.split(':').next().unwrap_or("");
-                write!(f, "{id}:<hidden>")?;
+            match value.map(|v| v.split_once(':')) {
+                Some(Some((id, _))) => write!(f, "{id}:<hidden>")?,
+                // Not `ID:HEX`: the whole word may be key material.
+                Some(None) => f.write_str("<hidden>")?,
+                None => {}
             }
             after_key = word == "--key";
         }

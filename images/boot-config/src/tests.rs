@@ -109,3 +109,9 @@ fn redacted_command_lines_keep_key_ids_only() {
         "-ip 10.0.0.2 -- --listen 0.0.0.0:1 --key 0x7:<hidden> --key=9:<hidden> --memory 1G"
     );
 }
+
+#[test]
+fn a_key_argument_without_an_id_is_hidden_whole() {
+    let line = std::format!("-- --key {KEY} --memory 1G");
+    assert_eq!(std::format!("{}", Redacted(&line)), "-- --key <hidden> --memory 1G");
+}
