@@ -1,4 +1,4 @@
-//! tmem's boot loader for the Hermit appliance under QEMU.
+//! tmem's boot loader for the Hermit appliance (QEMU's `-kernel`, or GRUB on the boot disk).
 //!
 //! QEMU starts us through multiboot v1 (`-kernel loader -initrd appliance -append ARGS`), GRUB on
 //! the appliance's boot disk through multiboot2 (BIOS and UEFI machines). `boot.s`
