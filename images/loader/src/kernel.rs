@@ -26,9 +26,14 @@ pub fn load(module: &Range<u64>, in_use_end: u64, memory: &MemoryMap) -> LoadedK
         log::info!("application built against Hermit {version}");
     }
     let size = object.mem_size() as u64;
-    let start = object
-        .start_addr()
-        .unwrap_or_else(|| in_use_end.max(module.end).next_multiple_of(KERNEL_ALIGN));
+    // The first aligned place above what is in use that lies wholly in available RAM: firmware
+    // maps have holes (OVMF reserves pages at 8 MiB), so "the next 2 MiB boundary" may not be.
+    let lowest = in_use_end.max(module.end);
+    let start = object.start_addr().unwrap_or_else(|| {
+        memory
+            .first_fit(lowest, size, KERNEL_ALIGN)
+            .unwrap_or_else(|| panic!("no available RAM above {lowest:#x} holds {size} bytes"))
+    });
     let range = start..start + size;
     assert!(
         range.start >= module.end.max(in_use_end),

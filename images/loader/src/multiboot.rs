@@ -42,6 +42,17 @@ impl MemoryMap {
             .any(|r| r.start <= range.start && range.end <= r.end)
     }
 
+    /// The lowest `align`-aligned address at or above `lowest` where `size` bytes lie wholly inside
+    /// one available region.
+    pub fn first_fit(&self, lowest: u64, size: u64, align: u64) -> Option<u64> {
+        self.iter()
+            .filter_map(|r| {
+                let start = r.start.max(lowest).next_multiple_of(align);
+                (start.checked_add(size)? <= r.end).then_some(start)
+            })
+            .min()
+    }
+
     /// An empty map.
     pub const fn new() -> Self {
         MemoryMap {
