@@ -126,9 +126,10 @@ pub fn image(args: &ImageArgs) -> Result<()> {
     }
 
     step(&format!(
-        "image ready in {}s: {}/{{loader,appliance,tmem-appliance.img}}",
+        "image ready in {}s: {}/{{loader,appliance{}}}",
         start.elapsed().as_secs(),
-        out.display()
+        out.display(),
+        if args.smoke { "" } else { ",tmem-appliance.img" }
     ));
     Ok(())
 }
