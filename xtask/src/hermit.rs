@@ -129,7 +129,11 @@ pub fn image(args: &ImageArgs) -> Result<()> {
         "image ready in {}s: {}/{{loader,appliance{}}}",
         start.elapsed().as_secs(),
         out.display(),
-        if args.smoke { "" } else { ",tmem-appliance.img" }
+        if args.smoke {
+            ""
+        } else {
+            ",tmem-appliance.img"
+        }
     ));
     Ok(())
 }

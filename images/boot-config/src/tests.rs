@@ -113,5 +113,8 @@ fn redacted_command_lines_keep_key_ids_only() {
 #[test]
 fn a_key_argument_without_an_id_is_hidden_whole() {
     let line = std::format!("-- --key {KEY} --memory 1G");
-    assert_eq!(std::format!("{}", Redacted(&line)), "-- --key <hidden> --memory 1G");
+    assert_eq!(
+        std::format!("{}", Redacted(&line)),
+        "-- --key <hidden> --memory 1G"
+    );
 }
