@@ -20,7 +20,7 @@ pub mod poll;
 pub mod process;
 pub mod tap_lan;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -239,6 +239,48 @@ pub fn with_option(qemu: &Command, option: &str, value: impl Into<OsString>) -> 
     cmd
 }
 
+/// `qemu` with every argument passed through `f` (which returns what replaces it).
+pub fn rewrite_args(qemu: &Command, mut f: impl FnMut(&OsStr) -> Vec<OsString>) -> Command {
+    let mut cmd = Command::new(qemu.get_program());
+    cmd.args(qemu.get_args().flat_map(&mut f));
+    cmd
+}
+
+/// A NIC the appliance image drives: virtio-net (VMs) or the Intel 82574L of the e1000e family
+/// (servers; kernel patch 0013).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nic {
+    VirtioNet,
+    E1000e,
+}
+
+impl Nic {
+    /// QEMU's `-device` value for this NIC on netdev `n0`.
+    pub fn device(self) -> &'static str {
+        match self {
+            Nic::VirtioNet => "virtio-net-pci,netdev=n0,disable-legacy=on",
+            Nic::E1000e => "e1000e,netdev=n0",
+        }
+    }
+}
+
+/// `qemu` (an appliance VM command, [`appliance_nic`]'s virtio-net NIC) with that NIC replaced by
+/// `nic` on the same network and port forward.
+pub fn with_nic(qemu: &Command, nic: Nic) -> Command {
+    let virtio = Nic::VirtioNet.device();
+    let mut replaced = 0;
+    let cmd = rewrite_args(qemu, |a| {
+        if a == virtio {
+            replaced += 1;
+            vec![nic.device().into()]
+        } else {
+            vec![a.to_owned()]
+        }
+    });
+    assert_eq!(replaced, 1, "no virtio-net NIC to replace in {qemu:?}");
+    cmd
+}
+
 /// The QEMU arguments of an appliance VM's NIC (virtio-net on user networking, forwarding
 /// `fwd_host`:`port` to the guest's `port`), and the guest network's first three octets.
 /// Clients on another 10.0.2.0/24 (a client VM behind a tap device) would look like the
@@ -254,7 +296,7 @@ pub fn appliance_nic(fwd_host: Ipv4Addr, port: u16) -> ([String; 4], &'static st
         "-netdev".to_string(),
         format!("user,id=n0,hostfwd=tcp:{fwd_host}:{port}-:{port}{subnet}"),
         "-device".to_string(),
-        "virtio-net-pci,netdev=n0,disable-legacy=on".to_string(),
+        Nic::VirtioNet.device().to_string(),
     ];
     (args, net)
 }

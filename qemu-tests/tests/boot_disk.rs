@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 mod support;
 
 use qemu_tests::artefacts::{images_dir, require_files, required};
-use qemu_tests::{free_port, run_bounded, workspace_root, Qemu};
+use qemu_tests::{free_port, run_bounded, workspace_root, Nic, Qemu};
 use support::checks::{conformance_passes, key_hex, verified_bench};
 use tmemctl::secure::Identity;
 
@@ -32,22 +32,6 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Debian's OVMF build (package `ovmf`).
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-
-/// The NIC QEMU gives the machine: a server's (Intel 82574L, patch 0013) or a VM's.
-#[derive(Clone, Copy, Debug)]
-enum Nic {
-    E1000e,
-    VirtioNet,
-}
-
-impl Nic {
-    fn device(self) -> &'static str {
-        match self {
-            Nic::E1000e => "e1000e,netdev=n0,romfile=",
-            Nic::VirtioNet => "virtio-net-pci,netdev=n0,disable-legacy=on,romfile=",
-        }
-    }
-}
 
 /// Which firmware boots the disk.
 #[derive(Clone, Copy, Debug)]
@@ -101,7 +85,8 @@ fn boot(
             "-netdev",
             &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-{guest}:{port}"),
         ])
-        .args(["-device", nic.device()]);
+        // No option ROM: the firmware then offers no network boot before the disk.
+        .args(["-device", &format!("{},romfile=", nic.device())]);
     match monitor {
         Some(path) => cmd
             .arg("-monitor")

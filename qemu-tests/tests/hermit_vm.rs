@@ -328,32 +328,6 @@ fn hermit_serves_on_a_tap_device_with_checksum_offload() {
     assert!(vm.is_running(), "VM died; log {}", vm.log_path().display());
 }
 
-/// `qemu` with every argument passed through `f` (which returns what replaces it).
-fn rewrite_args(
-    qemu: &Command,
-    mut f: impl FnMut(&std::ffi::OsStr) -> Vec<std::ffi::OsString>,
-) -> Command {
-    let mut cmd = Command::new(qemu.get_program());
-    cmd.args(qemu.get_args().flat_map(&mut f));
-    cmd
-}
-
-/// `qemu` (an appliance VM command) with its virtio-net NIC replaced by an Intel 82574L
-/// (`-device e1000e`) on the same user network and port forward.
-fn with_e1000e_nic(qemu: &Command) -> Command {
-    let mut replaced = 0;
-    let cmd = rewrite_args(qemu, |a| {
-        if a.to_string_lossy().starts_with("virtio-net-pci,") {
-            replaced += 1;
-            vec!["e1000e,netdev=n0".into()]
-        } else {
-            vec![a.to_owned()]
-        }
-    });
-    assert_eq!(replaced, 1, "no virtio-net NIC to replace in {qemu:?}");
-    cmd
-}
-
 /// The appliance on the NIC servers have, an Intel e1000e (82574L; kernel patch 0013, chosen at
 /// boot because it is the only NIC): the conformance suite and a verified bench pass through it.
 /// Then the choice among several NICs: an e1000e without a link placed before the virtio-net NIC
@@ -371,7 +345,11 @@ fn hermit_serves_on_an_e1000e_nic() {
     owned.extend(keyed_conformance_args(&keys, frame_timeout));
     let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     let qemu = qemu_tests::hermit_command(&image, "1G", port, &args);
-    let mut vm = Qemu::spawn("hermit-e1000e", with_e1000e_nic(&qemu)).expect("QEMU started");
+    let mut vm = Qemu::spawn(
+        "hermit-e1000e",
+        qemu_tests::with_nic(&qemu, qemu_tests::Nic::E1000e),
+    )
+    .expect("QEMU started");
     vm.wait_for_output("appliance listening on", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}; VM log {}", vm.log_path().display()));
     let addr = format!("127.0.0.1:{port}");
@@ -399,7 +377,7 @@ fn hermit_serves_on_an_e1000e_nic() {
     let monitor = std::env::temp_dir().join(format!("hermit-e1000e-{port}.sock"));
     let _ = std::fs::remove_file(&monitor);
     let mut first_netdev = true;
-    let two = rewrite_args(&qemu, |a| match a.to_str() {
+    let two = qemu_tests::rewrite_args(&qemu, |a| match a.to_str() {
         Some("-netdev") if std::mem::take(&mut first_netdev) => [
             "-netdev",
             "user,id=n1",

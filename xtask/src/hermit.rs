@@ -76,12 +76,13 @@ pub enum Nic {
 }
 
 impl Nic {
-    /// QEMU `-device` value for this NIC on netdev `n0`.
+    /// QEMU `-device` value for this NIC on netdev `n0` (the VM tests' [`qemu_tests::Nic`]).
     fn qemu_device(self) -> &'static str {
         match self {
-            Nic::Virtio => "virtio-net-pci,netdev=n0,disable-legacy=on",
-            Nic::E1000e => "e1000e,netdev=n0",
+            Nic::Virtio => qemu_tests::Nic::VirtioNet,
+            Nic::E1000e => qemu_tests::Nic::E1000e,
         }
+        .device()
     }
 }
 
