@@ -41,14 +41,35 @@ enum Firmware {
 }
 
 /// A private copy of the boot disk, its tmem.conf replaced by `conf`.
-fn disk_with(name: &str, conf: &str) -> PathBuf {
+/// A private copy of the boot disk (64 MiB). It and its side files (tmem.conf, OVMF's variables,
+/// the monitor socket) are removed when it is dropped, also when a test fails; a running QEMU
+/// keeps its open files.
+struct Disk(PathBuf);
+
+impl std::ops::Deref for Disk {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        for ext in ["img", "conf", "vars.fd", "monitor"] {
+            let _ = std::fs::remove_file(self.0.with_extension(ext));
+        }
+    }
+}
+
+fn disk_with(name: &str, conf: &str) -> Disk {
     let image = images_dir().join("tmem-appliance.img");
     required(require_files(&[&image], "cargo xtask image"));
     let dir = workspace_root().join("target/qemu-tests");
     std::fs::create_dir_all(&dir).expect("target/qemu-tests");
     let disk = dir.join(format!("{name}-{}.img", std::process::id()));
     std::fs::copy(&image, &disk).expect("copy of the boot disk");
-    let conf_file = dir.join(format!("{name}-{}.conf", std::process::id()));
+    let disk = Disk(disk);
+    let conf_file = disk.with_extension("conf");
     std::fs::write(&conf_file, conf).expect("tmem.conf written");
     // mtools reaches the partition at its 1 MiB offset, as an operator's OS would mount it.
     let mut mcopy = Command::new("mcopy");
