@@ -76,6 +76,16 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStrea
     })
 }
 
+/// How much of a VM's console a failure message quotes ([`Qemu::log_tail`]).
+pub const TAIL_LINES: usize = 80;
+
+/// The last `n` lines of `text` (joined by `\n`) and how many lines it has.
+fn last_lines(text: &str, n: usize) -> (String, usize) {
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(n);
+    (lines[from..].join("\n"), lines.len())
+}
+
 /// A running QEMU VM. Dropping it kills the VM (also during a panic) and reaps the process
 /// ([`ChildGuard`]).
 ///
@@ -160,6 +170,18 @@ impl Qemu {
             .unwrap_or_default()
     }
 
+    /// The serial log's last [`TAIL_LINES`] lines, headed by its path, for failure messages: where
+    /// a VM was when it stalled is at the end, and CI reports show only a failure's first lines.
+    pub fn log_tail(&self) -> String {
+        let out = self.output();
+        let (tail, total) = last_lines(&out, TAIL_LINES);
+        format!(
+            "last {} of {total} lines of {} (the whole log is there):\n{tail}",
+            tail.lines().count(),
+            self.log.display(),
+        )
+    }
+
     /// Waits (polling every 20 ms, bounded by `timeout`) until the output contains `needle`.
     /// Fails early if the VM exits.
     pub fn wait_for_output(&mut self, needle: &str, timeout: Duration) -> io::Result<Duration> {
@@ -170,18 +192,16 @@ impl Qemu {
             }
             match self.child.try_wait()? {
                 Some(status) => Err(io::Error::other(format!(
-                    "QEMU exited ({status}) before printing {needle:?}; log {}:\n{}",
-                    self.log.display(),
-                    self.output()
+                    "QEMU exited ({status}) before printing {needle:?}; {}",
+                    self.log_tail()
                 ))),
                 None => Ok(None),
             }
         })?;
         seen.ok_or_else(|| {
             timed_out(format!(
-                "no {needle:?} within {timeout:?}; log {}:\n{}",
-                self.log.display(),
-                self.output()
+                "no {needle:?} within {timeout:?}; {}",
+                self.log_tail()
             ))
         })
     }
@@ -304,6 +324,17 @@ pub fn appliance_nic(fwd_host: Ipv4Addr, port: u16) -> ([String; 4], &'static st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_quotes_the_end_of_a_console_log() {
+        let log = "boot\r\nTMEM-PHASE x\r\nTMEM-PROGRESS up=30s\r\nstuck\r\n";
+        assert_eq!(
+            last_lines(log, 2),
+            ("TMEM-PROGRESS up=30s\nstuck".to_string(), 4)
+        );
+        assert_eq!(last_lines("a\nb", 80), ("a\nb".to_string(), 2));
+        assert_eq!(last_lines("", 80), (String::new(), 0));
+    }
 
     #[test]
     fn with_option_replaces_only_the_value_of_that_option() {

@@ -1,8 +1,10 @@
 //! The Linux client VM (our 6.12 kernel + kclient + busybox initramfs) and the host-mode appliance.
 //!
 //! The guest's `/init` runs the test named by `tmem_test=` on the kernel command line and prints
-//! `TMEM-PHASE ...` progress lines and one `TMEM-RESULT key=value ...` line on the serial console;
-//! [`parse_result`] turns that line into a map. See `images/linux/initramfs/`.
+//! `TMEM-PHASE ...` progress lines (the swap test also a `TMEM-PROGRESS ...` line every 30 s:
+//! swap counters, free memory, kclient's requests and resets) and one `TMEM-RESULT key=value ...`
+//! line on the serial console; [`parse_result`] turns that line into a map. A timeout quotes the
+//! log's last lines ([`crate::Qemu::log_tail`]). See `images/linux/initramfs/`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -5,7 +5,8 @@
 //!   [`Mode`], module load, direct I/O, unload) on the debug kernel, held to the same per-mode
 //!   verdict (`qemu_tests::evil_verdict`) as on the normal kernel.
 //! - `debug_kernel_swap`: the swap workload (`compress=1`, verified byte for byte; two appliances
-//!   with `replicas=2`, keyed sessions, `encrypt_pages=1`) at 224 MiB, 1.5x
+//!   with `replicas=2`, keyed sessions, `encrypt_pages=1`; kclient's failure-detection timeouts
+//!   scaled to the slow kernel, see [`DEBUG_DOWN_AFTER_MS`]) at 224 MiB, 1.5x
 //!   the ~147 MiB the debug kernel leaves free in a 256 MiB VM. Much shorter than
 //!   `kclient_swap.rs`'s 768 MiB: under TCG the debug kernel swaps about 15x slower (384 MiB took
 //!   16 minutes), and the point here is the checkers watching every path, not volume.
@@ -31,6 +32,15 @@ const VM_MEMORY: &str = "256M";
 const VM_CPUS: u32 = 2;
 /// Workload of the swap test: 1.5x the memory the debug kernel leaves free (see the module docs).
 const SWAP_MIB: u32 = 224;
+
+/// kclient's `down_after_ms` and `io_timeout_ms` in the swap test: the defaults (3 s, 10 s) scaled
+/// by the ~15x the debug kernel loses under TCG. Its requests already take up to 4 s when the host
+/// is busy (latency histogram of a run beside a kernel build), so with the defaults a slow CI host
+/// turns queueing into resets, and each reset into repair traffic on a kernel that is short of CPU
+/// already. Resets and repair under the checkers pass (measured with `down_after_ms=700`), and
+/// `kclient_replicas.rs` tests detection times on the normal kernel.
+const DEBUG_DOWN_AFTER_MS: u32 = 45_000;
+const DEBUG_IO_TIMEOUT_MS: u32 = 150_000;
 
 /// What the debug kernel's checkers print (beyond the `WARNING:`/`BUG:` lines
 /// `kernel_problems` already catches): KASAN, lockdep and atomic-sleep reports, and lockdep
@@ -147,7 +157,8 @@ fn debug_kernel_swap() {
     let nodes = cluster(2, "2GiB");
     let append = format!(
         "tmem_test=swap tmem_target={} tmem_size=1G tmem_mib={SWAP_MIB} tmem_compress=1 \
-         tmem_replicas=2 tmem_encrypt=1 {}",
+         tmem_replicas=2 tmem_encrypt=1 tmem_down_ms={DEBUG_DOWN_AFTER_MS} \
+         tmem_timeout_ms={DEBUG_IO_TIMEOUT_MS} {}",
         targets(&nodes),
         client_args()
     );

@@ -66,3 +66,16 @@ blockdev_checks() {
 	grep -q 'connections_up [1-9]' /sys/kernel/debug/kclient/stats || target_rw=fail
 	echo "TMEM-BLOCKDEV blockio=$blockio discard=$discard target_rw=$target_rw"
 }
+
+# Every 30 s until progress_stop: a `TMEM-PROGRESS` line (uptime, swap traffic, free memory, kclient
+# requests and resets), so a console log that ends in a timeout shows whether the workload was
+# crawling or stuck, and where.
+progress_start() {
+	(
+		while sleep 30; do
+			echo "TMEM-PROGRESS up=$(cut -d' ' -f1 /proc/uptime)s pswpin=$(vmstat_val pswpin) pswpout=$(vmstat_val pswpout) free_kb=$(awk '$1 == "MemFree:" { print $2 }' /proc/meminfo) $(awk '$1 ~ /^(requests|inflight_requests|stalls|reconnects|timeouts|failed_requests)$/ { printf "%s=%s ", $1, $2 }' /sys/kernel/debug/kclient/stats 2>/dev/null)"
+		done
+	) &
+	progress_pid=$!
+}
+progress_stop() { kill "$progress_pid" 2>/dev/null; wait "$progress_pid" 2>/dev/null; }

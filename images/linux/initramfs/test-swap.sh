@@ -9,9 +9,11 @@ swapon /dev/kclient0; swapon_rc=$?
 mib=${tmem_mib:-$(( $(ram_mib) * 3 ))}
 phase workload-start mib=$mib
 t0=$(date +%s)
+progress_start
 /bin/tmem-workload "$mib" "${tmem_passes:-1}" 0x746d656d "${tmem_stride:-1}" > /tmp/workload.out
 workload_rc=$?
 t1=$(date +%s)
+progress_stop
 cat /tmp/workload.out
 phase workload-done rc=$workload_rc
 stats=$(kstats)
