@@ -2,9 +2,10 @@
 //!
 //! The guest's `/init` runs the test named by `tmem_test=` on the kernel command line and prints
 //! `TMEM-PHASE ...` progress lines (the swap test also a `TMEM-PROGRESS ...` line every 30 s:
-//! swap counters, free memory, kclient's requests and resets) and one `TMEM-RESULT key=value ...`
-//! line on the serial console; [`parse_result`] turns that line into a map. A timeout quotes the
-//! log's last lines ([`crate::Qemu::log_tail`]). See `images/linux/initramfs/`.
+//! swap counters, free memory, kclient's requests and resets, TCP retransmissions) and one
+//! `TMEM-RESULT key=value ...` line on the serial console; [`parse_result`] turns that line into
+//! a map. A timeout quotes the log's last lines ([`crate::Qemu::log_tail`]). See
+//! `images/linux/initramfs/`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -33,13 +33,14 @@ const VM_CPUS: u32 = 2;
 /// Workload of the swap test: 1.5x the memory the debug kernel leaves free (see the module docs).
 const SWAP_MIB: u32 = 224;
 
-/// kclient's `down_after_ms` and `io_timeout_ms` in the swap test: the defaults (3 s, 10 s) scaled
-/// by the ~15x the debug kernel loses under TCG. Its requests already take up to 4 s when the host
-/// is busy (latency histogram of a run beside a kernel build), so with the defaults a slow CI host
-/// turns queueing into resets, and each reset into repair traffic on a kernel that is short of CPU
-/// already. Resets and repair under the checkers pass (measured with `down_after_ms=700`), and
-/// `kclient_replicas.rs` tests detection times on the normal kernel.
+/// kclient's `down_after_ms` in the swap test: the default (3 s) scaled by the ~15x the debug
+/// kernel loses under TCG. Its requests took up to 4 s beside a kernel build (kclient's latency
+/// histogram), so on a slower CI host queueing can pass for a stall: a reset, then repair
+/// traffic on a kernel already short of CPU. Resets and repair under the checkers pass (a run
+/// with `down_after_ms=700`), and `kclient_replicas.rs` tests detection times on the normal kernel.
 const DEBUG_DOWN_AFTER_MS: u32 = 45_000;
+/// kclient's `io_timeout_ms` in the swap test: the default (10 s) scaled alike, above
+/// [`DEBUG_DOWN_AFTER_MS`] as kclient expects.
 const DEBUG_IO_TIMEOUT_MS: u32 = 150_000;
 
 /// What the debug kernel's checkers print (beyond the `WARNING:`/`BUG:` lines
