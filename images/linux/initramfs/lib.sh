@@ -1,6 +1,11 @@
 # Shared helpers for the tmem client VM tests (sourced by /init).
 phase() { echo "TMEM-PHASE $*"; }
 
+# The kclient counters whose names match the extended regex $1, as key=value words.
+kstats_matching() {
+	awk -v re="$1" '$1 ~ re { printf "%s=%s ", $1, $2 }' /sys/kernel/debug/kclient/stats 2>/dev/null
+}
+
 # kclient counters as key=value words on one line.
 kstats() {
 	if [ -r /sys/kernel/debug/kclient/stats ]; then
@@ -71,15 +76,22 @@ blockdev_checks() {
 # each section is a line of names followed by a line of values.
 net_val() { awk -v s="$2:" -v k="$3" '$1 == s { if (!n) { for (i = 2; i <= NF; i++) if ($i == k) c = i; n = 1 } else { print $c; exit } }' "$1"; }
 
-# Every 30 s until progress_stop: a `TMEM-PROGRESS` line (uptime, swap traffic, free memory, kclient
-# requests and resets, TCP retransmissions and receive drops), so a console log that ends in a
-# timeout shows whether the workload was crawling or stuck, and where.
+# One `TMEM-PROGRESS` line: uptime, swap traffic, free memory, kclient requests and resets, TCP
+# retransmissions and receive drops.
+progress_line() {
+	echo "TMEM-PROGRESS up=$(cut -d' ' -f1 /proc/uptime)s" \
+		"pswpin=$(vmstat_val pswpin) pswpout=$(vmstat_val pswpout)" \
+		"free_kb=$(awk '$1 == "MemFree:" { print $2 }' /proc/meminfo)" \
+		"$(kstats_matching '^(requests|inflight_requests|stalls|reconnects|timeouts|failed_requests)$')tcp_retrans=$(net_val /proc/net/snmp Tcp RetransSegs)" \
+		"tcp_timeouts=$(net_val /proc/net/netstat TcpExt TCPTimeouts)" \
+		"pfmemalloc_drops=$(net_val /proc/net/netstat TcpExt PFMemallocDrop)" \
+		"rx_dropped=$(cat /sys/class/net/eth0/statistics/rx_dropped 2>/dev/null)"
+}
+
+# Every 30 s until progress_stop: a progress_line, so a console log that ends in a timeout shows
+# whether the workload was crawling or stuck, and where.
 progress_start() {
-	(
-		while sleep 30; do
-			echo "TMEM-PROGRESS up=$(cut -d' ' -f1 /proc/uptime)s pswpin=$(vmstat_val pswpin) pswpout=$(vmstat_val pswpout) free_kb=$(awk '$1 == "MemFree:" { print $2 }' /proc/meminfo) $(awk '$1 ~ /^(requests|inflight_requests|stalls|reconnects|timeouts|failed_requests)$/ { printf "%s=%s ", $1, $2 }' /sys/kernel/debug/kclient/stats 2>/dev/null)tcp_retrans=$(net_val /proc/net/snmp Tcp RetransSegs) tcp_timeouts=$(net_val /proc/net/netstat TcpExt TCPTimeouts) pfmemalloc_drops=$(net_val /proc/net/netstat TcpExt PFMemallocDrop) rx_dropped=$(cat /sys/class/net/eth0/statistics/rx_dropped 2>/dev/null)"
-		done
-	) &
+	( while sleep 30; do progress_line; done ) &
 	progress_pid=$!
 }
 progress_stop() { kill "$progress_pid" 2>/dev/null; wait "$progress_pid" 2>/dev/null; }

@@ -10,8 +10,7 @@ swapon /dev/kclient0; swapon_rc=$?
 echo "TMEM-SETUP insmod=$insmod_rc swapon=$swapon_rc"
 mib=${tmem_mib:-$(( $(ram_mib) * 3 ))}
 kstat_line() {
-	awk '$1 ~ /^(degraded_extents|unreadable_pages|pages_repaired|appliance_downs|lost_pages|failed_requests|pages_stored|stalls|read_retries|replica_write_failures|timeouts)$/ || $1 ~ /^appliance\.[0-9]+\.(state|pages_held|pages_stale|pools_lost)$/ { printf "%s=%s ", $1, $2 }' \
-		/sys/kernel/debug/kclient/stats 2>/dev/null
+	kstats_matching '^(degraded_extents|unreadable_pages|pages_repaired|appliance_downs|lost_pages|failed_requests|pages_stored|stalls|read_retries|replica_write_failures|timeouts)$|^appliance[.][0-9]+[.](state|pages_held|pages_stale|pools_lost)$'
 }
 ( while :; do echo "TMEM-KSTAT $(kstat_line)"; sleep 2; done ) &
 mon=$!
