@@ -21,6 +21,9 @@ pub struct Options {
     pub frame_timeout: Duration,
     /// How many idle connections to hold open at once.
     pub idle_connections: usize,
+    /// How long any one read or write may wait ([`DEFAULT_IO_TIMEOUT`] unless the appliance runs
+    /// somewhere that can pause for longer, such as a TCG VM on a busy host).
+    pub io_timeout: Duration,
     /// Keys for [`suite_client_ids`] when the appliance has keys (every session then
     /// authenticated and encrypted); `None` for an appliance that serves clients without keys.
     pub keys: Option<HashMap<u64, [u8; KEY_LEN]>>,
@@ -32,6 +35,7 @@ impl std::fmt::Debug for Options {
         f.debug_struct("Options")
             .field("frame_timeout", &self.frame_timeout)
             .field("idle_connections", &self.idle_connections)
+            .field("io_timeout", &self.io_timeout)
             .field("keys", &self.keys.as_ref().map(|k| k.len()))
             .finish()
     }
@@ -163,12 +167,13 @@ fn client_id(case: u64) -> u64 {
     0xc0f0_0000_0000_0000 | (u64::from(std::process::id()) << 8) | case
 }
 
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a read or write waits unless [`Options::io_timeout`] says otherwise.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn connect(addr: &str) -> Result<TcpStream> {
+fn connect(addr: &str, opts: &Options) -> Result<TcpStream> {
     let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    s.set_read_timeout(Some(opts.io_timeout))?;
+    s.set_write_timeout(Some(opts.io_timeout))?;
     s.set_nodelay(true)?;
     Ok(s)
 }
@@ -193,8 +198,8 @@ struct Conn {
 
 impl Conn {
     /// A connection that has not said HELLO (frames go in clear).
-    fn open(addr: &str) -> Result<Conn> {
-        let s = connect(addr)?;
+    fn open(addr: &str, opts: &Options) -> Result<Conn> {
+        let s = connect(addr, opts)?;
         Ok(Conn {
             reader: Reader::Plain(s.try_clone()?),
             writer: Writer::Plain(s),
@@ -214,7 +219,7 @@ impl Conn {
             None => None,
         };
         let (reader, writer, greeting) = secure::hello(
-            connect(addr)?,
+            connect(addr, opts)?,
             &Identity {
                 client_id: client,
                 key,
@@ -439,7 +444,7 @@ fn round_trip(addr: &str, opts: &Options) -> Result<()> {
 }
 
 fn before_hello(addr: &str, opts: &Options) -> Result<()> {
-    let mut c = Conn::open(addr)?;
+    let mut c = Conn::open(addr, opts)?;
     c.expect(&Request::Stats, Status::NotAuthenticated)?;
     // Nothing but HELLO is decoded before HELLO: an unknown opcode gets NOT_AUTHENTICATED too.
     c.send_header(77, 501, 0)?;
@@ -576,8 +581,8 @@ fn second_hello(addr: &str, opts: &Options) -> Result<()> {
     close_pool(&mut c, pool)
 }
 
-fn bad_version_range(addr: &str, _: &Options) -> Result<()> {
-    let mut c = Conn::open(addr)?;
+fn bad_version_range(addr: &str, opts: &Options) -> Result<()> {
+    let mut c = Conn::open(addr, opts)?;
     let hello = Hello {
         min_version: 2,
         max_version: 9,
@@ -588,10 +593,10 @@ fn bad_version_range(addr: &str, _: &Options) -> Result<()> {
 }
 
 fn bad_magic(addr: &str, opts: &Options) -> Result<()> {
-    let mut c = Conn::open(addr)?;
+    let mut c = Conn::open(addr, opts)?;
     c.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
     ensure!(
-        c.closed_within(IO_TIMEOUT)?,
+        c.closed_within(opts.io_timeout)?,
         "garbage did not close the connection"
     );
     healthy(addr, opts)
@@ -601,7 +606,7 @@ fn oversized(addr: &str, opts: &Options) -> Result<()> {
     let mut c = Conn::hello(addr, opts, client_id(5))?;
     c.send_header(Opcode::PutPage as u8, 9, u32::MAX)?;
     ensure!(
-        c.closed_within(IO_TIMEOUT)?,
+        c.closed_within(opts.io_timeout)?,
         "an oversized frame did not close the connection"
     );
     healthy(addr, opts)
@@ -829,7 +834,7 @@ fn reply_from_client(addr: &str, opts: &Options) -> Result<()> {
     let n = Reply::Done.emit(Opcode::PutPage as u8, 1, &mut buf)?;
     c.send_raw(&buf[..n])?;
     ensure!(
-        c.closed_within(IO_TIMEOUT)?,
+        c.closed_within(opts.io_timeout)?,
         "a reply frame from a client did not close it"
     );
     Ok(())

@@ -89,6 +89,9 @@ enum Command {
         /// Idle connections to hold open during the check.
         #[arg(long, default_value_t = 200)]
         idle_connections: usize,
+        /// How long one read or write may wait, in seconds (raise it for a slow VM).
+        #[arg(long, default_value_t = tmemctl::conformance::DEFAULT_IO_TIMEOUT.as_secs())]
+        io_timeout: u64,
     },
 }
 
@@ -153,6 +156,7 @@ fn main() -> Result<()> {
         Command::Check {
             frame_timeout,
             idle_connections,
+            io_timeout,
             suite_keys_seed,
             print_suite_keys,
         } => {
@@ -169,6 +173,7 @@ fn main() -> Result<()> {
             let opts = tmemctl::conformance::Options {
                 frame_timeout: Duration::from_secs(*frame_timeout),
                 idle_connections: *idle_connections,
+                io_timeout: Duration::from_secs(*io_timeout),
                 keys,
             };
             for t in &cli.target {

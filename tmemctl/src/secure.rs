@@ -12,7 +12,7 @@ use protocol::noise::{
     TAG_LEN,
 };
 use protocol::{Header, Hello, Reply, Request, Status, AUTH_NOISE, HEADER_LEN, MAX_FRAME};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 
@@ -313,9 +313,16 @@ fn exchange_hello<T>(
     let n = req.emit(u64::MAX, 0, &mut buf)?;
     stream.write_all(&buf[..n]).context("sending HELLO")?;
     let mut head = [0u8; HEADER_LEN];
-    stream
-        .read_exact(&mut head)
-        .context("reading HELLO reply (closed: credentials refused?)")?;
+    stream.read_exact(&mut head).map_err(|e| {
+        let why = match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => format!(
+                "no HELLO reply within {:?}",
+                stream.read_timeout().ok().flatten().unwrap_or_default()
+            ),
+            _ => "reading HELLO reply (closed: credentials refused?)".to_string(),
+        };
+        anyhow::Error::new(e).context(why)
+    })?;
     let h = Header::parse(&head).map_err(|e| anyhow!("bad HELLO reply header: {e}"))?;
     ensure!(
         h.is_reply() && h.request_id == u64::MAX,

@@ -24,6 +24,7 @@ fn conforms(io_model: IoModel, keyed: bool) {
     let opts = Options {
         frame_timeout: Duration::from_secs(2),
         idle_connections: 2000,
+        io_timeout: tmemctl::conformance::DEFAULT_IO_TIMEOUT,
         keys: keyed.then(|| tmemctl::conformance::suite_keys(seed)),
     };
     let label = format!("{io_model:?}{}", if keyed { " keyed" } else { "" });

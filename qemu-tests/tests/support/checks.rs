@@ -38,8 +38,14 @@ pub fn keyed_conformance_args(
     args
 }
 
+/// How long one read or write of the suite may wait in a VM test: a TCG guest on a busy CI host
+/// can pause for more than the suite's default 10 s (a CI run once timed out on a HELLO reply
+/// that a local run answers in 10 ms).
+const VM_IO_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The conformance and robustness suite against `addr`, sessions keyed with `keys` (None: the
-/// appliance serves clients without keys); `frame_timeout` is the appliance's.
+/// appliance serves clients without keys); `frame_timeout` is the appliance's. A failure quotes
+/// the end of the VM's console log (CI keeps no files).
 pub fn conformance_passes(
     addr: &str,
     frame_timeout: Duration,
@@ -49,6 +55,7 @@ pub fn conformance_passes(
     let opts = tmemctl::conformance::Options {
         frame_timeout,
         idle_connections: 64,
+        io_timeout: VM_IO_TIMEOUT,
         keys,
     };
     let start = Instant::now();
@@ -57,7 +64,7 @@ pub fn conformance_passes(
         Err(e) => eprintln!("FAIL  {name}: {e:#}"),
     });
     if let Err(e) = result {
-        panic!("{e:#}\nVM log {}", vm.log_path().display());
+        panic!("{e:#}\n{}", vm.log_tail());
     }
 }
 
