@@ -8,7 +8,7 @@
 
 use crate::keys::KeyRing;
 use protocol::noise::{self, MSG1_LEN, MSG1_PAYLOAD_LEN, MSG2_LEN, MSG2_PAYLOAD_LEN};
-use protocol::{Hello, AUTH_NOISE, AUTH_NONE};
+use protocol::{Hello, AUTH_NONE};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
@@ -110,14 +110,17 @@ impl Authenticator {
                     Err(AuthError::CredentialsRequired)
                 }
             }
-            AUTH_NOISE => self.noise(hello, limits).map(Some),
-            _ => Err(AuthError::Unsupported),
+            method => match noise::Cipher::from_auth_method(method) {
+                Some(cipher) => self.noise(hello, cipher, limits).map(Some),
+                None => Err(AuthError::Unsupported),
+            },
         }
     }
 
     fn noise(
         &self,
         hello: &Hello<'_>,
+        cipher: noise::Cipher,
         limits: &[u8; MSG2_PAYLOAD_LEN],
     ) -> Result<Established, AuthError> {
         // No key, no work: an unknown id costs a map lookup, not a handshake.
@@ -129,7 +132,8 @@ impl Authenticator {
         if hello.auth.len() != MSG1_LEN {
             return Err(AuthError::Unsupported);
         }
-        let params: snow::params::NoiseParams = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s"
+        let params: snow::params::NoiseParams = cipher
+            .protocol_name()
             .parse()
             .map_err(|_| AuthError::Internal)?;
         let prologue = noise::prologue(hello);

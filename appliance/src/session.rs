@@ -181,7 +181,10 @@ impl Session {
             }
         };
         self.client = Some(hello.client_id);
-        tracing::info!(peer = ?self.peer, %client, authenticated, "hello");
+        let cipher = protocol::noise::Cipher::from_auth_method(hello.auth_method)
+            .filter(|_| authenticated)
+            .map_or("none", |c| c.name());
+        tracing::info!(peer = ?self.peer, %client, authenticated, cipher, "hello");
         let mut nonce = [0u8; protocol::HELLO_NONCE_LEN];
         if let Err(e) = getrandom::fill(&mut nonce) {
             // No method depends on it; the reply goes out with zeros.

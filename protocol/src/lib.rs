@@ -32,7 +32,7 @@ pub use crc32c::{crc32c, crc32c_append};
 pub use header::{frame_len, Header, HEADER_LEN, MAGIC};
 pub use message::{
     FlushObject, Hello, HelloReply, NewPool, PoolKind, Reply, Request, AUTH_MAX, AUTH_NOISE,
-    AUTH_NONE, HELLO_NONCE_LEN, MAX_ERROR_MESSAGE,
+    AUTH_NOISE_AESGCM, AUTH_NONE, HELLO_NONCE_LEN, MAX_ERROR_MESSAGE,
 };
 pub use page::{Encoding, Page, PageKey, KEY_LEN, PAGE_HEADER_LEN};
 pub use stats::{write_prometheus, StatId, StatsView, STAT_COUNT};

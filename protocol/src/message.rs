@@ -33,6 +33,10 @@ pub const AUTH_NONE: u8 = 0;
 /// `auth_method` 1: Noise_NNpsk0 with the client's pre-shared key (see [`crate::noise`]); `auth` is
 /// message 1, the reply's `auth` message 2, and every byte after the HELLO reply is a record.
 pub const AUTH_NOISE: u8 = 1;
+/// `auth_method` 2: the same handshake and record layer with AES-256-GCM in place of
+/// ChaCha20-Poly1305 (`Noise_NNpsk0_25519_AESGCM_BLAKE2s`, see [`crate::noise::Cipher`]): several
+/// times cheaper where the CPU has AES instructions.
+pub const AUTH_NOISE_AESGCM: u8 = 2;
 
 /// HELLO request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +47,7 @@ pub struct Hello<'a> {
     pub max_version: u16,
     /// Stable identity of the client machine; pools and quotas are per client.
     pub client_id: u64,
-    /// [`AUTH_NONE`] or [`AUTH_NOISE`].
+    /// [`AUTH_NONE`], [`AUTH_NOISE`] or [`AUTH_NOISE_AESGCM`].
     pub auth_method: u8,
     /// Authentication material for `auth_method` (at most [`AUTH_MAX`] bytes).
     pub auth: &'a [u8],

@@ -22,10 +22,61 @@
 //! crate; tests check that this implementation and `snow` agree byte for byte.
 //! Nothing here allocates, so a kernel client can run a handshake when memory is short.
 
-use crate::message::Hello;
+use crate::message::{Hello, AUTH_NOISE, AUTH_NOISE_AESGCM};
 
-/// The Noise protocol name (hashed into the initial handshake state).
+/// The Noise protocol name (hashed into the initial handshake state) of [`Cipher::ChaChaPoly`],
+/// the one this module's own implementation speaks.
 pub const PROTOCOL_NAME: &[u8] = b"Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+
+/// The AEAD of a session, chosen by the client in HELLO's `auth_method`. Everything else (pattern,
+/// X25519, BLAKE2s, message layout, record layer) is the same. The method is in the prologue and
+/// the cipher in the protocol name, so an attacker who changes it only breaks the handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cipher {
+    /// ChaCha20-Poly1305: fast everywhere in software ([`AUTH_NOISE`]).
+    ChaChaPoly,
+    /// AES-256-GCM: several times faster on CPUs with AES and carry-less multiply instructions
+    /// ([`AUTH_NOISE_AESGCM`]).
+    AesGcm,
+}
+
+impl Cipher {
+    /// Both ciphers, the default first.
+    pub const ALL: [Cipher; 2] = [Cipher::ChaChaPoly, Cipher::AesGcm];
+
+    /// The HELLO `auth_method` that selects this cipher.
+    pub const fn auth_method(self) -> u8 {
+        match self {
+            Cipher::ChaChaPoly => AUTH_NOISE,
+            Cipher::AesGcm => AUTH_NOISE_AESGCM,
+        }
+    }
+
+    /// The cipher an `auth_method` selects, if it is a Noise method.
+    pub const fn from_auth_method(method: u8) -> Option<Cipher> {
+        match method {
+            AUTH_NOISE => Some(Cipher::ChaChaPoly),
+            AUTH_NOISE_AESGCM => Some(Cipher::AesGcm),
+            _ => None,
+        }
+    }
+
+    /// The Noise protocol name, as Noise libraries parse it.
+    pub const fn protocol_name(self) -> &'static str {
+        match self {
+            Cipher::ChaChaPoly => "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s",
+            Cipher::AesGcm => "Noise_NNpsk0_25519_AESGCM_BLAKE2s",
+        }
+    }
+
+    /// The short name operators see (logs, `tmemctl --cipher`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Cipher::ChaChaPoly => "chacha20-poly1305",
+            Cipher::AesGcm => "aes-256-gcm",
+        }
+    }
+}
 /// Length of a pre-shared key, an X25519 key, a BLAKE2s hash and a ChaCha20-Poly1305 key.
 pub const KEY_LEN: usize = 32;
 /// Bytes of a ChaCha20-Poly1305 tag.

@@ -80,6 +80,29 @@ fn hello_reply() {
     );
 }
 
+/// HELLO with Noise over AES-256-GCM (auth_method 2): the same layout, method byte 02.
+#[test]
+fn hello_with_noise_aes_gcm() {
+    let msg1 = [0x11u8; noise::MSG1_LEN];
+    let req = Request::Hello(Hello {
+        auth_method: AUTH_NOISE_AESGCM,
+        auth: &msg1,
+        ..Hello::new(0x1122_3344_5566_7788)
+    });
+    let frame = emit_request(&req, 1, 0);
+    assert_eq!(
+        hex(&frame[HEADER_LEN..HEADER_LEN + 16]),
+        concat!("0100", "0100", "02", "00", "3800", "8877665544332211")
+    );
+    match Request::parse(Opcode::Hello as u8, &frame[HEADER_LEN..]).unwrap() {
+        Request::Hello(h) => {
+            assert_eq!(h.auth_method, AUTH_NOISE_AESGCM);
+            assert_eq!(h.auth, &msg1[..]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// HELLO with Noise (auth_method 1): message 1 in `auth`; the reply appends auth_len and message 2.
 #[test]
 fn hello_with_noise_request_and_reply() {

@@ -331,3 +331,81 @@ fn streams_are_cut_into_records_and_lengths_are_checked() {
     );
     assert_eq!(VERSION, 1);
 }
+
+#[test]
+fn each_cipher_has_its_own_method_and_protocol_name() {
+    assert_eq!(Cipher::ChaChaPoly.protocol_name().as_bytes(), PROTOCOL_NAME);
+    assert_eq!(Cipher::ChaChaPoly.auth_method(), AUTH_NOISE);
+    assert_eq!(Cipher::AesGcm.auth_method(), protocol::AUTH_NOISE_AESGCM);
+    for c in Cipher::ALL {
+        assert_eq!(Cipher::from_auth_method(c.auth_method()), Some(c));
+        let parsed: snow::params::NoiseParams = c.protocol_name().parse().unwrap();
+        assert_eq!(parsed.name, c.protocol_name());
+    }
+    assert_eq!(Cipher::from_auth_method(protocol::AUTH_NONE), None);
+    assert_eq!(Cipher::from_auth_method(3), None);
+}
+
+/// A snow initiator and responder for `cipher`, each building the prologue from the HELLO
+/// `auth_method` it saw.
+fn snow_pair_with(
+    initiator: (Cipher, u8),
+    responder: (Cipher, u8),
+) -> (snow::HandshakeState, snow::HandshakeState) {
+    let placeholder = [0u8; MSG1_LEN];
+    let prologue_for = |method: u8| {
+        prologue(&Hello {
+            auth_method: method,
+            auth: &placeholder,
+            ..Hello::new(7)
+        })
+    };
+    let (pi, pr) = (prologue_for(initiator.1), prologue_for(responder.1));
+    let builder = |cipher: Cipher| snow::Builder::new(cipher.protocol_name().parse().unwrap());
+    (
+        builder(initiator.0)
+            .psk(0, &PSK)
+            .and_then(|b| b.prologue(&pi))
+            .and_then(|b| b.build_initiator())
+            .unwrap(),
+        builder(responder.0)
+            .psk(0, &PSK)
+            .and_then(|b| b.prologue(&pr))
+            .and_then(|b| b.build_responder())
+            .unwrap(),
+    )
+}
+
+/// AES-GCM sessions complete as ChaCha20-Poly1305 ones do; a HELLO whose method was changed on the
+/// way (a downgrade to the other cipher) fails at message 1, since the method is in the prologue
+/// and the cipher in the protocol name.
+#[test]
+fn aes_gcm_sessions_work_and_the_cipher_cannot_be_swapped_on_the_way() {
+    let aes = (Cipher::AesGcm, protocol::AUTH_NOISE_AESGCM);
+    let chacha = (Cipher::ChaChaPoly, AUTH_NOISE);
+    let (mut i, mut r) = snow_pair_with(aes, aes);
+    let mut msg1 = [0u8; MSG1_LEN];
+    assert_eq!(
+        i.write_message(&[1; MSG1_PAYLOAD_LEN], &mut msg1).unwrap(),
+        MSG1_LEN
+    );
+    let mut ts = [0u8; MSG1_PAYLOAD_LEN];
+    assert_eq!(r.read_message(&msg1, &mut ts).unwrap(), MSG1_PAYLOAD_LEN);
+    let mut msg2 = [0u8; MSG2_LEN];
+    assert_eq!(
+        r.write_message(&[2; MSG2_PAYLOAD_LEN], &mut msg2).unwrap(),
+        MSG2_LEN
+    );
+    let mut limits = [0u8; MSG2_PAYLOAD_LEN];
+    i.read_message(&msg2, &mut limits).unwrap();
+    assert_eq!(limits, [2; MSG2_PAYLOAD_LEN]);
+
+    // The initiator chose AES-GCM; the responder saw method 1 (rewritten) and runs ChaCha.
+    let (mut i, mut r) = snow_pair_with(aes, chacha);
+    i.write_message(&[1; MSG1_PAYLOAD_LEN], &mut msg1).unwrap();
+    assert!(r.read_message(&msg1, &mut ts).is_err());
+    // Method rewritten but the responder still runs AES-GCM: the prologue differs.
+    let (mut i, mut r) = snow_pair_with(aes, (Cipher::AesGcm, AUTH_NOISE));
+    i.write_message(&[1; MSG1_PAYLOAD_LEN], &mut msg1).unwrap();
+    assert!(r.read_message(&msg1, &mut ts).is_err());
+}

@@ -8,6 +8,7 @@
 
 use crate::secure::{self, Identity, Reader, Writer, KEY_LEN};
 use anyhow::{bail, ensure, Context, Result};
+use protocol::noise::Cipher;
 use protocol::*;
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -74,6 +75,10 @@ pub const CASES: &[Case] = &[
     Case {
         name: "persistent pages round-trip, raw and batched",
         run: round_trip,
+    },
+    Case {
+        name: "sessions with either cipher carry pages (keyed appliances)",
+        run: each_cipher,
     },
     Case {
         name: "requests before HELLO are refused",
@@ -210,6 +215,11 @@ impl Conn {
 
     /// A connection after HELLO as `client`: authenticated with its key when the suite has keys.
     fn hello(addr: &str, opts: &Options, client: u64) -> Result<Conn> {
+        Conn::hello_with(addr, opts, client, secure::preferred_cipher())
+    }
+
+    /// [`Conn::hello`] with keyed sessions sealed by `cipher`.
+    fn hello_with(addr: &str, opts: &Options, client: u64, cipher: Cipher) -> Result<Conn> {
         let key = match &opts.keys {
             Some(keys) => Some(
                 *keys
@@ -223,6 +233,7 @@ impl Conn {
             &Identity {
                 client_id: client,
                 key,
+                cipher,
             },
         )?;
         Ok(Conn {
@@ -380,6 +391,34 @@ fn healthy(addr: &str, opts: &Options) -> Result<()> {
     let page = Page::parse(&got).map_err(|e| anyhow::anyhow!("{e}"))?;
     ensure!(page.data == &data[..], "page came back different");
     close_pool(&mut c, pool)
+}
+
+/// Each cipher a client may choose gives a working session (the appliance must offer both: a
+/// client picks by its own CPU). Without keys there is no cipher to choose.
+fn each_cipher(addr: &str, opts: &Options) -> Result<()> {
+    if opts.keys.is_none() {
+        return Ok(());
+    }
+    for cipher in Cipher::ALL {
+        let mut c = Conn::hello_with(addr, opts, client_id(20), cipher)
+            .with_context(|| format!("HELLO with {}", cipher.name()))?;
+        let pool = c.new_pool()?;
+        let page = text_page(cipher.auth_method());
+        c.expect(
+            &Request::Put {
+                key: key(pool, 0),
+                page: raw(&page),
+            },
+            Status::Ok,
+        )?;
+        let (status, payload) = c.call(&Request::Get { key: key(pool, 0) }, 0)?;
+        ensure!(status == Status::Ok, "{}: get: {status}", cipher.name());
+        let got = Page::parse(&payload).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut out = [0u8; PAGE_SIZE];
+        crate::client::decode_page(&got, &mut out)?;
+        ensure!(out[..] == page[..], "{}: the page differs", cipher.name());
+    }
+    Ok(())
 }
 
 fn round_trip(addr: &str, opts: &Options) -> Result<()> {

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use protocol::noise::Cipher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tmemctl::bench::{run_phase, Backend, BenchConfig, Op, PhaseResult, TmemBackend};
@@ -34,8 +35,32 @@ struct Cli {
     /// `--client-id`, or as the file's only client. The key can also come from `TMEM_KEY` (hex).
     #[arg(long, global = true, value_name = "FILE")]
     key_file: Option<std::path::PathBuf>,
+    /// AEAD of keyed sessions: auto is AES-256-GCM where the CPU has AES instructions,
+    /// ChaCha20-Poly1305 elsewhere.
+    #[arg(long, global = true, value_enum, default_value_t = CipherArg::Auto)]
+    cipher: CipherArg,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--cipher` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CipherArg {
+    Auto,
+    #[value(name = "aes-256-gcm")]
+    AesGcm,
+    #[value(name = "chacha20-poly1305")]
+    ChaChaPoly,
+}
+
+impl CipherArg {
+    fn cipher(self) -> Cipher {
+        match self {
+            CipherArg::Auto => tmemctl::secure::preferred_cipher(),
+            CipherArg::AesGcm => Cipher::AesGcm,
+            CipherArg::ChaChaPoly => Cipher::ChaChaPoly,
+        }
+    }
 }
 
 fn parse_client_id(s: &str) -> Result<u64, String> {
@@ -230,7 +255,11 @@ fn identity(cli: &Cli) -> Result<Identity> {
         }
         (None, None) => (cli.client_id.unwrap_or_else(stats_client_id), None),
     };
-    Ok(Identity { client_id: id, key })
+    Ok(Identity {
+        client_id: id,
+        key,
+        cipher: cli.cipher.cipher(),
+    })
 }
 
 fn keygen(client_id: Option<u64>) -> Result<()> {
