@@ -1,26 +1,30 @@
-//! The single-threaded front end: non-blocking sockets, served in turn by one thread.
+//! The event-loop front end: non-blocking sockets, served in turn by one thread per core.
 //!
 //! Hermit 0.11 busy-polls the network inside every blocking socket call while TCP timers are near,
-//! so a thread per connection means every waiting connection thread spins on the only vCPU. Here one
-//! thread drives every connection's sans-IO [`Connection`] (the same core as the threaded front end)
-//! with non-blocking reads and writes. After a pass in which no socket made progress it waits in
-//! the kernel (`poll(2)`, [`readiness`](crate::readiness)) until a socket it cares about is ready or
-//! the next tick is due. Where `poll` fails, it falls back to napping (backing off to [`MAX_NAP`], or
-//! [`IDLE_NAP`] once idle for a second).
+//! so a thread per connection means every waiting connection thread spins on a vCPU. Here each
+//! loop thread drives the sans-IO [`Connection`]s it owns (the same core as the threaded front
+//! end) with non-blocking reads and writes. After a pass in which no socket made progress it waits
+//! in the kernel (`poll(2)`, [`readiness`](crate::readiness)) until a socket it cares about is
+//! ready or the next tick is due. Where `poll` fails, it falls back to napping (backing off to
+//! [`MAX_NAP`], or [`IDLE_NAP`] once idle for a second). There is one loop per core
+//! (`--event-loops`): compression, checksums and sealing run in parallel, the store's lock is
+//! held only to copy bytes in or out.
 //!
 //! It deliberately avoids mio: on Hermit 0.11, mio's accept calls `fcntl(F_SETFD)`, which fails,
-//! while plain non-blocking std sockets and `poll` work. It is the default on Hermit (few
-//! connections, one vCPU) and selectable on Linux (`--io-model event-loop`), where the conformance
-//! suite runs against it as well.
+//! while plain non-blocking std sockets and `poll` work. It is the default on Hermit and
+//! selectable on Linux (`--io-model event-loop`), where the conformance suite runs against it as
+//! well.
 
 use crate::connection::Connection;
 use crate::front::FrontEnd;
 use crate::readiness::{Interest, Poller};
+use crate::wake::Waker;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How often timeouts and idle buffers are checked.
@@ -53,6 +57,16 @@ struct Conn {
 }
 
 impl Conn {
+    /// A connection just accepted from `peer`, served by loop `me`.
+    fn accepted(stream: TcpStream, peer: SocketAddr, front: &FrontEnd, me: usize) -> Conn {
+        tracing::debug!(%peer, event_loop = me, "connected");
+        Conn {
+            stream,
+            peer: Some(peer),
+            state: front.connection(Some(peer), Instant::now()),
+        }
+    }
+
     /// What the loop waits for on this socket: input it can take, room for output it owes.
     fn interest(&self) -> Interest {
         Interest {
@@ -73,11 +87,13 @@ enum Drive {
     Failed(anyhow::Error),
 }
 
-/// Runs the loop until shut down.
-pub(crate) fn run(listener: TcpListener, front: Arc<FrontEnd>) -> io::Result<()> {
+/// Runs `loops` event loops (one per core the machine gives us) until shut down. Loop 0, on this
+/// thread, accepts; each new connection goes to the loop serving the fewest, which owns it from
+/// then on.
+pub(crate) fn run(listener: TcpListener, front: Arc<FrontEnd>, loops: usize) -> io::Result<()> {
     listener.set_nonblocking(true)?;
-    // Hermit's close blocks until the peer has closed its side too; a peer we drop for bad input
-    // may never do that. Sockets are therefore closed on their own thread, never in the loop.
+    // Closing can block on Hermit (before patch 0007 until the peer had closed its side too), and
+    // a peer we drop for bad input may never do that: sockets are closed on their own thread.
     let (closer, to_close) = channel::<TcpStream>();
     std::thread::Builder::new()
         .name("closer".into())
@@ -86,6 +102,84 @@ pub(crate) fn run(listener: TcpListener, front: Arc<FrontEnd>) -> io::Result<()>
                 drop(stream);
             }
         })?;
+    let shared = Arc::new(Shared {
+        listener,
+        front,
+        loops: (0..loops.max(1))
+            .map(|_| Loop::new())
+            .collect::<io::Result<_>>()?,
+    });
+    let mut others = Vec::new();
+    for me in 1..shared.loops.len() {
+        let (shared, closer) = (shared.clone(), closer.clone());
+        others.push(
+            std::thread::Builder::new()
+                .name(format!("event-loop-{me}"))
+                .spawn(move || serve(me, &shared, &closer))?,
+        );
+    }
+    tracing::info!(
+        loops = shared.loops.len(),
+        "serving: event loops, one per core"
+    );
+    serve(0, &shared, &closer);
+    for loop_thread in others {
+        let _ = loop_thread.join();
+    }
+    Ok(())
+}
+
+/// What every loop shares.
+struct Shared {
+    listener: TcpListener,
+    front: Arc<FrontEnd>,
+    loops: Vec<Loop>,
+}
+
+impl Shared {
+    /// The loop serving the fewest connections (the lowest index among equals).
+    fn least_loaded(&self) -> usize {
+        (0..self.loops.len())
+            .min_by_key(|&i| self.loops[i].load.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    fn total_load(&self) -> usize {
+        self.loops
+            .iter()
+            .map(|l| l.load.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// One loop's shared part: how loaded it is, and how the acceptor hands it connections.
+struct Loop {
+    /// Connections it serves or was handed.
+    load: AtomicUsize,
+    /// Connections handed to it and not yet taken.
+    inbox: Mutex<Vec<(TcpStream, SocketAddr)>>,
+    /// Ends its wait when the inbox gets one.
+    waker: Waker,
+}
+
+impl Loop {
+    fn new() -> io::Result<Loop> {
+        Ok(Loop {
+            load: AtomicUsize::new(0),
+            inbox: Mutex::new(Vec::new()),
+            waker: Waker::new()?,
+        })
+    }
+
+    fn take_inbox(&self) -> Vec<(TcpStream, SocketAddr)> {
+        std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// One loop, until shut down.
+fn serve(me: usize, shared: &Shared, closer: &Sender<TcpStream>) {
+    let front = &shared.front;
+    let this = &shared.loops[me];
     let mut conns: Vec<Conn> = Vec::new();
     let mut nap = MIN_NAP;
     let mut last_tick = Instant::now();
@@ -93,7 +187,17 @@ pub(crate) fn run(listener: TcpListener, front: Arc<FrontEnd>) -> io::Result<()>
     let mut poller = Some(Poller::default());
     let mut interests = Vec::new();
     while !front.shutdown.is_stopping() {
-        let mut progress = accept_all(&listener, &front, &mut conns);
+        // Re-arm the waker before looking at the inbox: a hand-off after this wakes us again.
+        this.waker.reset();
+        let mut progress = false;
+        for (stream, peer) in this.take_inbox() {
+            conns.push(Conn::accepted(stream, peer, front, me));
+            progress = true;
+        }
+        if me == 0 {
+            progress |= accept_all(shared, &mut conns, closer);
+        }
+        let served = conns.len();
         let mut i = 0;
         while i < conns.len() {
             match drive(&mut conns[i]) {
@@ -101,14 +205,15 @@ pub(crate) fn run(listener: TcpListener, front: Arc<FrontEnd>) -> io::Result<()>
                     progress |= p;
                     i += 1;
                 }
-                end => closed(conns.swap_remove(i), end, &closer),
+                end => closed(conns.swap_remove(i), end, closer),
             }
         }
         let now = Instant::now();
         if now.duration_since(last_tick) >= TICK {
             last_tick = now;
-            tick(&mut conns, &front, now, &closer);
+            tick(&mut conns, front, now, closer);
         }
+        this.load.fetch_sub(served - conns.len(), Ordering::Relaxed);
         if progress {
             nap = MIN_NAP;
             last_progress = now;
@@ -120,11 +225,15 @@ pub(crate) fn run(listener: TcpListener, front: Arc<FrontEnd>) -> io::Result<()>
                 TICK.saturating_sub(now.duration_since(last_tick))
             };
             interests.clear();
-            interests.push(Interest {
-                fd: listener.as_raw_fd(),
+            let readable = |fd| Interest {
+                fd,
                 read: true,
                 write: false,
-            });
+            };
+            interests.push(readable(this.waker.fd()));
+            if me == 0 {
+                interests.push(readable(shared.listener.as_raw_fd()));
+            }
             interests.extend(conns.iter().map(Conn::interest));
             if let Err(e) = p.wait(&interests, due.min(MAX_WAIT)) {
                 tracing::warn!(error = %e, "poll failed; napping between passes instead");
@@ -140,18 +249,22 @@ pub(crate) fn run(listener: TcpListener, front: Arc<FrontEnd>) -> io::Result<()>
             nap = (nap * 2).min(cap);
         }
     }
-    tracing::info!(connections = conns.len(), "shutting down");
+    tracing::info!(event_loop = me, connections = conns.len(), "shutting down");
     for conn in conns {
         let _ = closer.send(conn.stream);
     }
-    Ok(())
+    for (stream, _) in this.take_inbox() {
+        let _ = closer.send(stream);
+    }
 }
 
-/// Accepts every pending connection; returns whether there was any.
-fn accept_all(listener: &TcpListener, front: &FrontEnd, conns: &mut Vec<Conn>) -> bool {
+/// Accepts every pending connection, keeping those it assigns to loop 0 (the caller's) and
+/// handing the others over; returns whether there was any.
+fn accept_all(shared: &Shared, conns: &mut Vec<Conn>, closer: &Sender<TcpStream>) -> bool {
+    let front = &shared.front;
     let mut any = false;
     loop {
-        let (stream, peer) = match listener.accept() {
+        let (stream, peer) = match shared.listener.accept() {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return any,
             Err(e) => {
@@ -160,24 +273,33 @@ fn accept_all(listener: &TcpListener, front: &FrontEnd, conns: &mut Vec<Conn>) -
             }
         };
         any = true;
-        if conns.len() >= front.max_connections {
+        if shared.total_load() >= front.max_connections {
             tracing::warn!(
                 limit = front.max_connections,
                 "connection limit reached; closing new connection"
             );
+            let _ = closer.send(stream);
             continue;
         }
         if let Err(e) = stream.set_nonblocking(true) {
             tracing::error!(error = %e, "cannot make a connection non-blocking");
+            let _ = closer.send(stream);
             continue;
         }
         let _ = stream.set_nodelay(true);
-        tracing::debug!(%peer, "connected");
-        conns.push(Conn {
-            stream,
-            peer: Some(peer),
-            state: front.connection(Some(peer), Instant::now()),
-        });
+        let to = shared.least_loaded();
+        let target = &shared.loops[to];
+        target.load.fetch_add(1, Ordering::Relaxed);
+        if to == 0 {
+            conns.push(Conn::accepted(stream, peer, front, 0));
+        } else {
+            target
+                .inbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((stream, peer));
+            target.waker.wake();
+        }
     }
 }
 

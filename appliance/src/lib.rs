@@ -23,6 +23,7 @@ pub mod session;
 pub mod slab;
 pub mod store;
 mod threaded;
+mod wake;
 
 use protocol::{StatId, STAT_COUNT};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -44,6 +44,10 @@ struct Args {
     /// Linux, event loop on Hermit).
     #[arg(long, value_enum)]
     io_model: Option<IoModel>,
+    /// Event loops (with the event-loop model), each serving its share of the connections on its
+    /// own thread (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    event_loops: Option<u16>,
     /// Client keys: a file of `CLIENT_ID KEY_HEX` lines (`tmemctl keygen` makes them). Clients
     /// then authenticate and every byte is encrypted (docs/security.md).
     #[arg(long, value_name = "FILE")]
@@ -183,6 +187,9 @@ fn serve(args: Args) -> Result<()> {
         max_connections: args.max_connections,
         frame_timeout: Duration::from_secs(args.frame_timeout.max(1)),
         io_model: args.io_model.unwrap_or_else(IoModel::platform_default),
+        event_loops: args
+            .event_loops
+            .map_or_else(appliance::server::cores, usize::from),
         auth,
     };
     let server = Server::bind(&args.listen, store.clone(), config)

@@ -35,6 +35,11 @@ impl IoModel {
     }
 }
 
+/// The cores this process may use (1 if the platform cannot say).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 /// Server policies.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -44,6 +49,8 @@ pub struct ServerConfig {
     pub frame_timeout: Duration,
     /// Threads or event loop.
     pub io_model: IoModel,
+    /// How many event loops ([`IoModel::EventLoop`]): by default one per core.
+    pub event_loops: usize,
     /// Who may connect (keys; whether unauthenticated clients are served). The default serves
     /// nobody: give keys, or ask for [`AuthConfig::insecure`] by name.
     pub auth: AuthConfig,
@@ -55,6 +62,7 @@ impl Default for ServerConfig {
             max_connections: 4096,
             frame_timeout: Duration::from_secs(30),
             io_model: IoModel::platform_default(),
+            event_loops: cores(),
             auth: AuthConfig::default(),
         }
     }
@@ -125,7 +133,9 @@ impl Server {
         });
         match self.config.io_model {
             IoModel::Threads => crate::threaded::run(self.listener, front),
-            IoModel::EventLoop => crate::event_loop::run(self.listener, front),
+            IoModel::EventLoop => {
+                crate::event_loop::run(self.listener, front, self.config.event_loops)
+            }
         }
     }
 }

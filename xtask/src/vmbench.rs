@@ -74,15 +74,18 @@ struct Shape {
     name: &'static str,
     what: &'static str,
     pages: u64,
+    /// Connections (one client thread each).
+    threads: usize,
     depth: usize,
     batch: usize,
 }
 
-const SHAPES: [Shape; 3] = [
+const SHAPES: [Shape; 4] = [
     Shape {
         name: "rt",
         what: "round trips (1 page/request, 1 in flight)",
         pages: 1500,
+        threads: 1,
         depth: 1,
         batch: 1,
     },
@@ -90,6 +93,7 @@ const SHAPES: [Shape; 3] = [
         name: "pipelined",
         what: "pipelined (1 page/request, 16 in flight)",
         pages: 6000,
+        threads: 1,
         depth: 16,
         batch: 1,
     },
@@ -97,6 +101,16 @@ const SHAPES: [Shape; 3] = [
         name: "batched",
         what: "batched (16 pages/request, 4 in flight)",
         pages: 16000,
+        threads: 1,
+        depth: 4,
+        batch: 16,
+    },
+    // What several vCPUs can share out: kclient also keeps several connections per appliance.
+    Shape {
+        name: "parallel",
+        what: "parallel (4 connections, each 16 pages/request, 4 in flight)",
+        pages: 32000,
+        threads: 4,
         depth: 4,
         batch: 16,
     },
@@ -297,7 +311,7 @@ fn hermit_command_with_kernel_args(
     qemu_tests::with_option(&base, "-append", append)
 }
 
-/// One `tmemctl bench` run (1 connection); fails unless every page came back intact.
+/// One `tmemctl bench` run; fails unless every page came back intact.
 fn tmemctl_bench(
     tmemctl: &Path,
     lan: Option<&TapLan>,
@@ -307,7 +321,8 @@ fn tmemctl_bench(
 ) -> Result<BTreeMap<String, String>> {
     let mut cmd = Command::new(tmemctl);
     cmd.args(["--target", addr, "bench", "--corpus", "synthetic"])
-        .args(["--pages", &pages.to_string(), "--threads", "1"])
+        .args(["--pages", &pages.to_string()])
+        .args(["--threads", &shape.threads.to_string()])
         .args(["--depth", &shape.depth.to_string()])
         .args(["--batch", &shape.batch.to_string(), "--max-seconds", "300"]);
     if let Some(lan) = lan {
@@ -342,7 +357,7 @@ fn render(
     };
     let mut t = format!(
         "Command: `cargo xtask vm-bench --rounds {}{}` (QEMU TCG, `-cpu max -smp {} -m {}`, virtio-net-pci \
-         on {}, appliance `--memory {}`; client: host `tmemctl bench`, 1 connection, \
+         on {}, appliance `--memory {}`; client: host `tmemctl bench`, 1 connection (4 in the parallel shape), \
          synthetic corpus, every page verified; medians of {} rounds, VMs alternating, each booted \
          afresh per round). Ratios are Hermit / Linux: above 1 means Hermit is faster (for p99: \
          Linux p99 / Hermit p99).\n\n",

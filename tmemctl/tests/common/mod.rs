@@ -50,6 +50,8 @@ impl TestAppliance {
             max_connections: 4096,
             frame_timeout,
             io_model,
+            // Two loops whatever the machine: every event-loop test spreads connections over both.
+            event_loops: 2,
             auth,
         };
         let server = Server::bind("127.0.0.1:0", store, config).expect("bind 127.0.0.1:0");
