@@ -9,7 +9,7 @@ use crate::auth::Authenticator;
 use crate::channel::SecureChannel;
 use crate::codec::{self, Scratch};
 use crate::framing::ReplyBuffer;
-use crate::store::{Fetched, Store};
+use crate::store::{Fetched, GetMode, Store};
 use crate::NetCounters;
 use protocol::noise::{MSG2_LEN, MSG2_PAYLOAD_LEN};
 use protocol::MAX_PAGE_DATA;
@@ -250,9 +250,12 @@ impl Session {
                 }
             }
             Request::Get { key } => {
-                let and_free = flags & flags::GET_AND_FREE != 0;
+                let mode = GetMode {
+                    and_free: flags & flags::GET_AND_FREE != 0,
+                    keep: flags & flags::GET_KEEP != 0,
+                };
                 let accept_lz4 = flags & flags::ACCEPT_LZ4 != 0;
-                return match self.store.get(client, key, and_free, &mut self.page) {
+                return match self.store.get(client, key, mode, &mut self.page) {
                     Ok((fetched, crc)) => {
                         Self::page_reply(fetched, crc, accept_lz4, &self.page, &mut self.raw)
                     }

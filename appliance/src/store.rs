@@ -108,6 +108,16 @@ struct Inner {
     counters: Counters,
 }
 
+/// Whether a get leaves the page it returns (from the request's flags).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GetMode {
+    /// Remove a persistent page too (`GET_AND_FREE`: frontswap's exclusive load).
+    pub and_free: bool,
+    /// Leave an ephemeral page in place (`GET_KEEP`: a read cache's load); it becomes the most
+    /// recently used. Without it an ephemeral get removes the page (cleancache's rule).
+    pub keep: bool,
+}
+
 /// A page read out of the store: its stored form is copied into the caller's buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fetched {
@@ -275,18 +285,22 @@ impl Store {
         Ok(())
     }
 
-    /// Reads a page into `out`; returns its form and CRC. Ephemeral gets, and persistent gets with
-    /// `and_free`, remove the page.
+    /// Reads a page into `out`; returns its form and CRC. Whether the page stays is `mode`'s
+    /// rule for the pool's kind.
     pub fn get(
         &self,
         client: u64,
         key: PageKey,
-        and_free: bool,
+        mode: GetMode,
         out: &mut [u8; MAX_PAGE_DATA],
     ) -> Result<(Fetched, u32), Status> {
         let mut s = self.lock();
         let pool = s.pool(client, key.pool)?;
-        let exclusive = and_free || pool.kind == PoolKind::Ephemeral;
+        let kind = pool.kind;
+        let exclusive = match kind {
+            PoolKind::Persistent => mode.and_free,
+            PoolKind::Ephemeral => !mode.keep,
+        };
         let Some(entry) = pool.pages.get(&(key.object, key.index)).copied() else {
             s.counters.get_misses += 1;
             return Err(Status::NotFound);
@@ -311,6 +325,8 @@ impl Store {
         s.counters.get_hits += 1;
         if exclusive {
             s.remove_page(client, key);
+        } else if kind == PoolKind::Ephemeral {
+            s.touch(key, entry.lru);
         }
         Ok((fetched, entry.crc))
     }
@@ -385,6 +401,21 @@ impl Inner {
 
     fn bytes_used(&self) -> usize {
         self.slabs.bytes_in_use() + self.pages * ENTRY_METADATA_BYTES
+    }
+
+    /// Makes the ephemeral page at `key` (LRU position `lru`) the most recently used.
+    fn touch(&mut self, key: PageKey, lru: u64) {
+        let seq = self.next_lru;
+        self.next_lru += 1;
+        self.lru.remove(&lru);
+        self.lru.insert(seq, key);
+        if let Some(entry) = self
+            .pools
+            .get_mut(&key.pool)
+            .and_then(|p| p.pages.get_mut(&(key.object, key.index)))
+        {
+            entry.lru = seq;
+        }
     }
 
     /// Removes the page at `key` if present (the pool must exist); returns whether it did.

@@ -2,7 +2,7 @@
 
 use appliance::codec::{self, checksum, Scratch, Stored, DEFAULT_RAW_THRESHOLD};
 use appliance::slab::SLAB_SIZE;
-use appliance::store::{Fetched, Store, StoreConfig, ENTRY_METADATA_BYTES};
+use appliance::store::{Fetched, GetMode, Store, StoreConfig, ENTRY_METADATA_BYTES};
 use protocol::{Encoding, Page, PageKey, PoolKind, StatId, Status, PAGE_SIZE};
 
 const CLIENT: u64 = 42;
@@ -42,8 +42,19 @@ fn put(s: &Store, key: PageKey, data: &[u8]) -> Result<(), Status> {
 }
 
 fn get(s: &Store, key: PageKey, and_free: bool) -> Result<Vec<u8>, Status> {
+    get_with(
+        s,
+        key,
+        GetMode {
+            and_free,
+            keep: false,
+        },
+    )
+}
+
+fn get_with(s: &Store, key: PageKey, mode: GetMode) -> Result<Vec<u8>, Status> {
     let mut buf = [0u8; protocol::MAX_PAGE_DATA];
-    let (fetched, crc) = s.get(CLIENT, key, and_free, &mut buf)?;
+    let (fetched, crc) = s.get(CLIENT, key, mode, &mut buf)?;
     let mut out = [0u8; PAGE_SIZE];
     let stored = match fetched {
         Fetched::Fill(w) => Stored::Fill(w),
@@ -83,6 +94,46 @@ fn ephemeral_get_is_exclusive() {
     put(&s, key(pool, 5), &page(5, 2)).unwrap();
     assert_eq!(get(&s, key(pool, 5), false).unwrap(), page(5, 2));
     assert_eq!(get(&s, key(pool, 5), false), Err(Status::NotFound));
+}
+
+const KEEP: GetMode = GetMode {
+    and_free: false,
+    keep: true,
+};
+
+#[test]
+fn ephemeral_get_with_keep_leaves_the_page_and_refreshes_it() {
+    // Room for a few hundred pages: the cache must evict to take 2000.
+    let s = store(4 * SLAB_SIZE);
+    let eph = s.new_pool(CLIENT, PoolKind::Ephemeral).unwrap();
+    put(&s, key(eph, 0), &page(0, 2)).unwrap();
+    put(&s, key(eph, 1), &page(1, 2)).unwrap();
+    for _ in 0..3 {
+        assert_eq!(get_with(&s, key(eph, 0), KEEP).unwrap(), page(0, 2));
+    }
+    // Page 0, read last, is newer than page 1. Fill the store far past its room, reading page 0
+    // after every put as a hot cached block is read: it is never the oldest, so never evicted.
+    for i in 2..2000u32 {
+        put(&s, key(eph, i), &page(i as u64, 2)).unwrap();
+        assert_eq!(
+            get_with(&s, key(eph, 0), KEEP).unwrap(),
+            page(0, 2),
+            "page 0 evicted at put {i}"
+        );
+    }
+    assert!(
+        s.stats()[StatId::Evictions as usize] > 0,
+        "the store evicted"
+    );
+    assert_eq!(get_with(&s, key(eph, 1), KEEP), Err(Status::NotFound));
+    // Without GET_KEEP an ephemeral get still consumes the page, and GET_KEEP means nothing to a
+    // persistent pool.
+    assert_eq!(get(&s, key(eph, 0), false).unwrap(), page(0, 2));
+    assert_eq!(get(&s, key(eph, 0), false), Err(Status::NotFound));
+    let pers = s.new_pool(CLIENT, PoolKind::Persistent).unwrap();
+    put(&s, key(pers, 0), &page(9, 2)).unwrap();
+    assert_eq!(get_with(&s, key(pers, 0), KEEP).unwrap(), page(9, 2));
+    assert_eq!(get(&s, key(pers, 0), false).unwrap(), page(9, 2));
 }
 
 #[test]
@@ -170,7 +221,7 @@ fn pools_belong_to_their_client() {
     let pool = s.new_pool(CLIENT, PoolKind::Persistent).unwrap();
     let mut buf = [0u8; protocol::MAX_PAGE_DATA];
     assert_eq!(
-        s.get(CLIENT + 1, key(pool, 0), false, &mut buf),
+        s.get(CLIENT + 1, key(pool, 0), GetMode::default(), &mut buf),
         Err(Status::UnknownPool)
     );
     assert_eq!(s.destroy_pool(CLIENT + 1, pool), Err(Status::UnknownPool));

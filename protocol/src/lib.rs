@@ -120,4 +120,7 @@ pub mod flags {
     pub const GET_AND_FREE: u16 = 0x0002;
     /// The client can decode LZ4 pages in replies; without it the appliance sends raw or fill pages.
     pub const ACCEPT_LZ4: u16 = 0x0004;
+    /// GET_PAGE on an ephemeral pool leaves the page in place (a read cache, which cannot see
+    /// evictions, loads without consuming); the page becomes the most recently used.
+    pub const GET_KEEP: u16 = 0x0008;
 }

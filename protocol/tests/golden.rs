@@ -326,6 +326,29 @@ fn get_request_with_flags_and_not_found_reply() {
     );
 }
 
+/// A read cache's GET on an ephemeral pool: GET_KEEP (0x8) with ACCEPT_LZ4 (0x4).
+#[test]
+fn get_request_keeping_the_page() {
+    let frame = emit_request(
+        &Request::Get { key: KEY },
+        5,
+        flags::GET_KEEP | flags::ACCEPT_LZ4,
+    );
+    assert_eq!(
+        hex(&frame[..HEADER_LEN]),
+        concat!(
+            "544d454d",
+            "01",
+            "05",
+            "0c00",
+            "0500000000000000",
+            "20000000",
+            "0000",
+            "0000"
+        )
+    );
+}
+
 #[test]
 fn batch_of_two_gets() {
     let mut buf = vec![0u8; MAX_FRAME];

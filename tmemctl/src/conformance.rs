@@ -81,6 +81,10 @@ pub const CASES: &[Case] = &[
         run: each_cipher,
     },
     Case {
+        name: "ephemeral pages: GET_KEEP leaves them, a plain GET takes them",
+        run: ephemeral_gets,
+    },
+    Case {
         name: "requests before HELLO are refused",
         run: before_hello,
     },
@@ -303,9 +307,13 @@ impl Conn {
     }
 
     fn new_pool(&mut self) -> Result<u32> {
+        self.new_pool_of(PoolKind::Persistent)
+    }
+
+    fn new_pool_of(&mut self, kind: PoolKind) -> Result<u32> {
         let p = self.expect(
             &Request::NewPool(NewPool {
-                kind: PoolKind::Persistent,
+                kind,
                 page_size: 4096,
             }),
             Status::Ok,
@@ -418,6 +426,39 @@ fn each_cipher(addr: &str, opts: &Options) -> Result<()> {
         crate::client::decode_page(&got, &mut out)?;
         ensure!(out[..] == page[..], "{}: the page differs", cipher.name());
     }
+    Ok(())
+}
+
+/// A read cache loads with GET_KEEP (the page stays); cleancache's load consumes the page.
+fn ephemeral_gets(addr: &str, opts: &Options) -> Result<()> {
+    let mut c = Conn::hello(addr, opts, client_id(2))?;
+    let pool = c.new_pool_of(PoolKind::Ephemeral)?;
+    let page = text_page(2);
+    c.expect(
+        &Request::Put {
+            key: key(pool, 7),
+            page: raw(&page),
+        },
+        Status::Ok,
+    )?;
+    let get = Request::Get { key: key(pool, 7) };
+    for (flags, what) in [
+        (flags::GET_KEEP, "first GET_KEEP"),
+        (flags::GET_KEEP | flags::ACCEPT_LZ4, "second GET_KEEP"),
+        (0, "plain GET after GET_KEEP"),
+    ] {
+        let (status, payload) = c.call(&get, flags)?;
+        ensure!(status == Status::Ok, "{what}: {status}");
+        let got = Page::parse(&payload).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut out = [0u8; PAGE_SIZE];
+        crate::client::decode_page(&got, &mut out)?;
+        ensure!(out[..] == page[..], "{what}: the page differs");
+    }
+    let (status, _) = c.call(&get, flags::GET_KEEP)?;
+    ensure!(
+        status == Status::NotFound,
+        "the plain GET left the ephemeral page behind: {status}"
+    );
     Ok(())
 }
 
