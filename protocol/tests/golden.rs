@@ -80,29 +80,6 @@ fn hello_reply() {
     );
 }
 
-/// HELLO with Noise over AES-256-GCM (auth_method 2): the same layout, method byte 02.
-#[test]
-fn hello_with_noise_aes_gcm() {
-    let msg1 = [0x11u8; noise::MSG1_LEN];
-    let req = Request::Hello(Hello {
-        auth_method: AUTH_NOISE_AESGCM,
-        auth: &msg1,
-        ..Hello::new(0x1122_3344_5566_7788)
-    });
-    let frame = emit_request(&req, 1, 0);
-    assert_eq!(
-        hex(&frame[HEADER_LEN..HEADER_LEN + 16]),
-        concat!("0100", "0100", "02", "00", "3800", "8877665544332211")
-    );
-    match Request::parse(Opcode::Hello as u8, &frame[HEADER_LEN..]).unwrap() {
-        Request::Hello(h) => {
-            assert_eq!(h.auth_method, AUTH_NOISE_AESGCM);
-            assert_eq!(h.auth, &msg1[..]);
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
 /// HELLO with Noise (auth_method 1): message 1 in `auth`; the reply appends auth_len and message 2.
 #[test]
 fn hello_with_noise_request_and_reply() {
@@ -133,6 +110,25 @@ fn hello_with_noise_request_and_reply() {
         )
     );
     assert_eq!(&frame[HEADER_LEN + 16..], &msg1[..]);
+    // AES-256-GCM sessions (auth_method 2): the same layout, method byte 02.
+    let aes = emit_request(
+        &Request::Hello(Hello {
+            auth_method: AUTH_NOISE_AESGCM,
+            auth: &msg1,
+            ..Hello::new(0x1122_3344_5566_7788)
+        }),
+        1,
+        0,
+    );
+    assert_eq!(aes[HEADER_LEN + 4], 2);
+    assert_eq!(
+        (&aes[..HEADER_LEN + 4], &aes[HEADER_LEN + 5..]),
+        (&frame[..HEADER_LEN + 4], &frame[HEADER_LEN + 5..])
+    );
+    match Request::parse(Opcode::Hello as u8, &aes[HEADER_LEN..]).unwrap() {
+        Request::Hello(h) => assert_eq!((h.auth_method, h.auth), (AUTH_NOISE_AESGCM, &msg1[..])),
+        other => panic!("{other:?}"),
+    }
     // The prologue is the label and exactly those 16 payload bytes.
     let prologue = noise::prologue(&Hello {
         auth_method: AUTH_NOISE,
@@ -287,26 +283,28 @@ fn put_fill_page() {
     );
 }
 
+/// GET with its flags: swap's exclusive load (GET_AND_FREE 0x2), and a read cache's load that
+/// leaves an ephemeral page (GET_KEEP 0x8), each with ACCEPT_LZ4 (0x4).
 #[test]
 fn get_request_with_flags_and_not_found_reply() {
-    let frame = emit_request(
-        &Request::Get { key: KEY },
-        4,
-        flags::GET_AND_FREE | flags::ACCEPT_LZ4,
-    );
-    assert_eq!(
-        hex(&frame[..HEADER_LEN]),
-        concat!(
-            "544d454d",
-            "01",
-            "05",
-            "0600",
-            "0400000000000000",
-            "20000000",
-            "0000",
-            "0000"
-        )
-    );
+    for (flags, id, expected) in [
+        (
+            flags::GET_AND_FREE | flags::ACCEPT_LZ4,
+            4,
+            concat!("544d454d", "01", "05", "0600", "0400000000000000"),
+        ),
+        (
+            flags::GET_KEEP | flags::ACCEPT_LZ4,
+            5,
+            concat!("544d454d", "01", "05", "0c00", "0500000000000000"),
+        ),
+    ] {
+        let frame = emit_request(&Request::Get { key: KEY }, id, flags);
+        assert_eq!(
+            hex(&frame[..HEADER_LEN]),
+            format!("{expected}{}", concat!("20000000", "0000", "0000"))
+        );
+    }
     let miss = Reply::Error {
         status: Status::NotFound,
         message: b"",
@@ -321,29 +319,6 @@ fn get_request_with_flags_and_not_found_reply() {
             "0400000000000000",
             "00000000",
             "0100",
-            "0000"
-        )
-    );
-}
-
-/// A read cache's GET on an ephemeral pool: GET_KEEP (0x8) with ACCEPT_LZ4 (0x4).
-#[test]
-fn get_request_keeping_the_page() {
-    let frame = emit_request(
-        &Request::Get { key: KEY },
-        5,
-        flags::GET_KEEP | flags::ACCEPT_LZ4,
-    );
-    assert_eq!(
-        hex(&frame[..HEADER_LEN]),
-        concat!(
-            "544d454d",
-            "01",
-            "05",
-            "0c00",
-            "0500000000000000",
-            "20000000",
-            "0000",
             "0000"
         )
     );
