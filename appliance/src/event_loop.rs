@@ -22,7 +22,7 @@ use crate::wake::Waker;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -137,11 +137,9 @@ struct Shared {
 }
 
 impl Shared {
-    /// The loop serving the fewest connections (the lowest index among equals).
+    /// The live loop serving the fewest connections (the lowest index among equals).
     fn least_loaded(&self) -> usize {
-        (0..self.loops.len())
-            .min_by_key(|&i| self.loops[i].load.load(Ordering::Relaxed))
-            .unwrap_or(0)
+        least_loaded(&self.loops)
     }
 
     fn total_load(&self) -> usize {
@@ -152,10 +150,22 @@ impl Shared {
     }
 }
 
+/// The live loop serving the fewest connections (the lowest index among equals); loop 0 (the
+/// acceptor) is always live.
+fn least_loaded(loops: &[Loop]) -> usize {
+    (0..loops.len())
+        .filter(|&i| !loops[i].retired.load(Ordering::Relaxed))
+        .min_by_key(|&i| loops[i].load.load(Ordering::Relaxed))
+        .unwrap_or(0)
+}
+
 /// One loop's shared part: how loaded it is, and how the acceptor hands it connections.
 struct Loop {
     /// Connections it serves or was handed.
     load: AtomicUsize,
+    /// Its thread ended by a panic (a bug): it must be handed nothing more, or those clients
+    /// would wait forever.
+    retired: AtomicBool,
     /// Connections handed to it and not yet taken.
     inbox: Mutex<Vec<(TcpStream, SocketAddr)>>,
     /// Ends its wait when the inbox gets one.
@@ -166,6 +176,7 @@ impl Loop {
     fn new() -> io::Result<Loop> {
         Ok(Loop {
             load: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
             inbox: Mutex::new(Vec::new()),
             waker: Waker::new()?,
         })
@@ -176,10 +187,24 @@ impl Loop {
     }
 }
 
+/// Retires a loop whose thread unwinds: nothing more is handed to it, and what was handed but
+/// not taken is closed (those clients reconnect) instead of waiting forever.
+struct RetireOnPanic<'a>(&'a Loop);
+
+impl Drop for RetireOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.retired.store(true, Ordering::Relaxed);
+            drop(self.0.take_inbox());
+        }
+    }
+}
+
 /// One loop, until shut down.
 fn serve(me: usize, shared: &Shared, closer: &Sender<TcpStream>) {
     let front = &shared.front;
     let this = &shared.loops[me];
+    let _retire = RetireOnPanic(this);
     let mut conns: Vec<Conn> = Vec::new();
     let mut nap = MIN_NAP;
     let mut last_tick = Instant::now();
@@ -381,4 +406,63 @@ fn drive(c: &mut Conn) -> Drive {
         moved = true;
     }
     Drive::Open(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loops(loads: &[usize]) -> Vec<Loop> {
+        loads
+            .iter()
+            .map(|&n| {
+                let l = Loop::new().unwrap();
+                l.load.store(n, Ordering::Relaxed);
+                l
+            })
+            .collect()
+    }
+
+    #[test]
+    fn connections_go_to_the_least_loaded_live_loop() {
+        let l = loops(&[3, 1, 1, 2]);
+        assert_eq!(least_loaded(&l), 1, "fewest, lowest index among equals");
+        l[1].retired.store(true, Ordering::Relaxed);
+        assert_eq!(least_loaded(&l), 2);
+        l[2].retired.store(true, Ordering::Relaxed);
+        l[3].retired.store(true, Ordering::Relaxed);
+        assert_eq!(
+            least_loaded(&l),
+            0,
+            "loop 0 takes them all when the others are gone"
+        );
+    }
+
+    #[test]
+    fn a_loop_that_panics_is_retired_and_its_inbox_closed() {
+        let l = loops(&[0, 0]);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).unwrap();
+        let (server_side, peer) = listener.accept().unwrap();
+        l[1].inbox.lock().unwrap().push((server_side, peer));
+        std::thread::scope(|s| {
+            let dead = &l[1];
+            let r = s
+                .spawn(move || {
+                    let _retire = RetireOnPanic(dead);
+                    panic!("a bug in a loop");
+                })
+                .join();
+            assert!(r.is_err());
+        });
+        assert!(l[1].retired.load(Ordering::Relaxed));
+        assert!(l[1].inbox.lock().unwrap().is_empty());
+        assert_eq!(least_loaded(&l), 0);
+        // The handed connection was closed, not left waiting.
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!((&client).read(&mut [0u8; 1]).unwrap(), 0);
+    }
 }
