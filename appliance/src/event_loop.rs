@@ -137,11 +137,6 @@ struct Shared {
 }
 
 impl Shared {
-    /// The live loop serving the fewest connections (the lowest index among equals).
-    fn least_loaded(&self) -> usize {
-        least_loaded(&self.loops)
-    }
-
     fn total_load(&self) -> usize {
         self.loops
             .iter()
@@ -212,8 +207,6 @@ fn serve(me: usize, shared: &Shared, closer: &Sender<TcpStream>) {
     let mut poller = Some(Poller::default());
     let mut interests = Vec::new();
     while !front.shutdown.is_stopping() {
-        // Re-arm the waker before looking at the inbox: a hand-off after this wakes us again.
-        this.waker.reset();
         let mut progress = false;
         for (stream, peer) in this.take_inbox() {
             conns.push(Conn::accepted(stream, peer, front, me));
@@ -264,6 +257,9 @@ fn serve(me: usize, shared: &Shared, closer: &Sender<TcpStream>) {
                 tracing::warn!(error = %e, "poll failed; napping between passes instead");
                 poller = None;
             }
+            // Re-armed only after a wait (not on every busy pass: a system call): the next pass
+            // takes the inbox, and a hand-off after this line wakes the next wait at once.
+            this.waker.reset();
         } else {
             std::thread::sleep(nap);
             let cap = if last_progress.elapsed() >= IDLE_AFTER {
@@ -312,7 +308,7 @@ fn accept_all(shared: &Shared, conns: &mut Vec<Conn>, closer: &Sender<TcpStream>
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let to = shared.least_loaded();
+        let to = least_loaded(&shared.loops);
         let target = &shared.loops[to];
         target.load.fetch_add(1, Ordering::Relaxed);
         if to == 0 {

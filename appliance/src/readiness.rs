@@ -53,19 +53,21 @@ impl Poller {
         };
         match usize::try_from(rc) {
             Ok(ready) => Ok(ready),
-            Err(_) => Err(poll_error(rc)),
+            Err(_) => Err(syscall_error(rc)),
         }
     }
 }
 
+/// The error of a libc call that returned `rc` < 0 (here and in [`crate::wake`]).
 #[cfg(target_os = "hermit")]
-fn poll_error(rc: i32) -> io::Error {
+pub(crate) fn syscall_error(rc: i32) -> io::Error {
     // Hermit's system calls return the negated error number.
     io::Error::from_raw_os_error(-rc)
 }
 
+/// The error of a libc call that returned `rc` < 0 (here and in [`crate::wake`]).
 #[cfg(not(target_os = "hermit"))]
-fn poll_error(_rc: i32) -> io::Error {
+pub(crate) fn syscall_error(_rc: i32) -> io::Error {
     io::Error::last_os_error()
 }
 

@@ -1,6 +1,7 @@
 //! Waking an event loop that waits in `poll`: an `eventfd` in its poll set, which another thread
 //! makes readable. Linux and Hermit 0.11 both have `eventfd` and poll it.
 
+use crate::readiness::syscall_error;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -18,7 +19,7 @@ impl Waker {
         #[cfg(not(target_os = "hermit"))]
         let rc = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if rc < 0 {
-            return Err(last_error(rc));
+            return Err(syscall_error(rc));
         }
         // SAFETY: `rc` is a fresh descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(rc) };
@@ -43,15 +44,6 @@ impl Waker {
 
     pub(crate) fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
-    }
-}
-
-/// The error of a failed call: errno on Linux, the negated code Hermit returns.
-fn last_error(rc: i32) -> io::Error {
-    if cfg!(target_os = "hermit") {
-        io::Error::from_raw_os_error(-rc)
-    } else {
-        io::Error::last_os_error()
     }
 }
 

@@ -365,6 +365,14 @@ fn key(pool: u32, index: usize) -> PageKey {
     }
 }
 
+/// The 4 KiB page a GET reply's payload carries, decoded and its checksum verified.
+fn decoded(payload: &[u8]) -> Result<[u8; PAGE_SIZE]> {
+    let page = Page::parse(payload).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = [0u8; PAGE_SIZE];
+    crate::client::decode_page(&page, &mut out)?;
+    Ok(out)
+}
+
 fn raw(data: &[u8]) -> Page<'_> {
     Page {
         encoding: Encoding::Raw,
@@ -421,9 +429,7 @@ fn each_cipher(addr: &str, opts: &Options) -> Result<()> {
         )?;
         let (status, payload) = c.call(&Request::Get { key: key(pool, 0) }, 0)?;
         ensure!(status == Status::Ok, "{}: get: {status}", cipher.name());
-        let got = Page::parse(&payload).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut out = [0u8; PAGE_SIZE];
-        crate::client::decode_page(&got, &mut out)?;
+        let out = decoded(&payload)?;
         ensure!(out[..] == page[..], "{}: the page differs", cipher.name());
     }
     Ok(())
@@ -449,9 +455,7 @@ fn ephemeral_gets(addr: &str, opts: &Options) -> Result<()> {
     ] {
         let (status, payload) = c.call(&get, flags)?;
         ensure!(status == Status::Ok, "{what}: {status}");
-        let got = Page::parse(&payload).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut out = [0u8; PAGE_SIZE];
-        crate::client::decode_page(&got, &mut out)?;
+        let out = decoded(&payload)?;
         ensure!(out[..] == page[..], "{what}: the page differs");
     }
     let (status, _) = c.call(&get, flags::GET_KEEP)?;
@@ -499,9 +503,7 @@ fn round_trip(addr: &str, opts: &Options) -> Result<()> {
     for (i, p) in pages.iter().enumerate() {
         let (status, payload) = c.call(&Request::Get { key: key(pool, i) }, flags::ACCEPT_LZ4)?;
         ensure!(status == Status::Ok, "get {i}: {status}");
-        let page = Page::parse(&payload).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut out = [0u8; PAGE_SIZE];
-        crate::client::decode_page(&page, &mut out)?;
+        let out = decoded(&payload)?;
         ensure!(out[..] == p[..], "page {i} differs");
     }
     // Persistent gets keep the page; FLUSH_PAGE removes it.
