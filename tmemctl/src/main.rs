@@ -548,3 +548,19 @@ fn report(name: &str, r: &PhaseResult) {
         r.mismatches
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--cipher` takes the names the protocol gives the ciphers (what `cargo xtask bench` passes
+    /// and the appliance logs), each meaning that cipher.
+    #[test]
+    fn cipher_option_takes_the_protocol_names() {
+        for c in Cipher::ALL {
+            let arg = CipherArg::from_str(c.name(), false).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(arg.cipher(), c);
+        }
+        assert!(CipherArg::from_str("aes-128-gcm", false).is_err());
+    }
+}

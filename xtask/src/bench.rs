@@ -3,6 +3,7 @@
 //! ratios are written to `docs/benchmarks.md` (between the `host-bench` markers).
 
 use anyhow::{bail, Context, Result};
+use protocol::noise::Cipher;
 use qemu_tests::{free_port, key_values, ChildGuard};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -203,9 +204,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                     order.reverse();
                 }
                 for kind in order {
+                    // `tmemctl --cipher` takes the names the protocol gives the ciphers.
                     let cipher = match kind {
-                        CHACHA => Some("chacha20-poly1305"),
-                        AESGCM => Some("aes-256-gcm"),
+                        CHACHA => Some(Cipher::ChaChaPoly.name()),
+                        AESGCM => Some(Cipher::AesGcm.name()),
                         _ => None,
                     };
                     let key = cipher.map(|_| {
