@@ -71,15 +71,22 @@ const CHECKERS_ACTIVE: &[&str] = &[
     "Lock dependency validator",
 ];
 
+/// Kernel problems and checker reports in (part of) a console log.
+fn debug_reports(log: &str) -> Vec<String> {
+    let mut found = kernel_problems(log);
+    for line in log.lines() {
+        // Once per line, though it may match both lists ("BUG: KASAN").
+        if DEBUG_REPORTS.iter().any(|r| line.contains(r)) && !found.iter().any(|f| f == line) {
+            found.push(line.to_string());
+        }
+    }
+    found
+}
+
 /// Everything wrong in a debug-kernel console log: kernel problems and checker reports, or a
 /// checker that is not running.
 fn debug_findings(log: &str) -> Vec<String> {
-    let mut found = kernel_problems(log);
-    found.extend(
-        log.lines()
-            .filter(|l| DEBUG_REPORTS.iter().any(|r| l.contains(r)))
-            .map(str::to_string),
-    );
+    let mut found = debug_reports(log);
     for banner in CHECKERS_ACTIVE {
         if !log.contains(banner) {
             found.push(format!("not a debug kernel? no {banner:?} in the boot log"));
@@ -87,6 +94,23 @@ fn debug_findings(log: &str) -> Vec<String> {
     }
     found.dedup();
     found
+}
+
+/// The kernel's line just before it runs the initramfs's `/init`: nothing of ours has run yet.
+const INIT_STARTS: &str = "Run /init as init process";
+/// Boots per test: a second one only when the first one's checkers fired during the kernel's own
+/// boot (see [`boot_only_reports`]).
+const BOOT_ATTEMPTS: u32 = 2;
+
+/// The checker reports of a log, if every one of them came before `/init` ran: the debug kernel's
+/// own boot, before kclient can be loaded. Such a boot checks nothing of ours (KASAN reports only
+/// its first finding, lockdep turns itself off after one), so it is booted again. Seen once in CI
+/// (2026-12-07): KASAN "wild-memory-access in do_raw_spin_lock" at 0.39 s, between timer
+/// migration set-up and secondary CPU bring-up; not reproduced in local runs.
+fn boot_only_reports(log: &str) -> Option<Vec<String>> {
+    let (boot, after) = log.split_once(INIT_STARTS)?;
+    let before = debug_reports(boot);
+    (!before.is_empty() && debug_reports(after).is_empty()).then_some(before)
 }
 
 /// Runs `append` on the debug kernel until `TMEM-RESULT` (bounded by `limit`) and power-off;
@@ -97,6 +121,45 @@ fn run_debug_vm(
     append: &str,
     limit: Duration,
 ) -> (HashMap<String, String>, String, Duration) {
+    for attempt in 1..=BOOT_ATTEMPTS {
+        let (result, log, elapsed, log_path) = boot_debug_vm(name, append, limit);
+        if attempt < BOOT_ATTEMPTS {
+            if let Some(reports) = boot_only_reports(&log) {
+                eprintln!(
+                    "{name}: the debug kernel's own boot (before /init, so before kclient) \
+                     reported {reports:#?}\nits checkers are off for the rest of that boot, so \
+                     it checked nothing of kclient: booting again (log: {})",
+                    log_path.display()
+                );
+                continue;
+            }
+        }
+        let findings = debug_findings(&log);
+        assert!(
+            findings.is_empty(),
+            "{name}: the debug kernel reported problems: {findings:#?}\nlog: {}",
+            log_path.display()
+        );
+        let result = result.expect("TMEM-RESULT line");
+        assert_eq!(num(&result, "oops"), Some(0), "{result:?}");
+        return (result, log, elapsed);
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
+/// One boot of the debug kernel: its result line (None if the run never printed one, which
+/// the checks then report), console log, run time and log file. Panics if the VM did not
+/// finish or power off.
+fn boot_debug_vm(
+    name: &str,
+    append: &str,
+    limit: Duration,
+) -> (
+    Option<HashMap<String, String>>,
+    String,
+    Duration,
+    std::path::PathBuf,
+) {
     let image = debug_client_image();
     let start = Instant::now();
     // loglevel=7: KASAN's start-up line is KERN_INFO, which the default loglevel=6 hides.
@@ -112,23 +175,21 @@ fn run_debug_vm(
     let exited = wait_exit(&mut vm, Duration::from_secs(120));
     let elapsed = start.elapsed();
     let log = vm.output();
+    let log_path = vm.log_path().to_path_buf();
+    if boot_only_reports(&log).is_some() {
+        // A boot stopped by its own kernel's bug is the caller's to judge, result or not.
+        return (parse_result(&log), log, elapsed, log_path);
+    }
     waited.unwrap_or_else(|e| {
         panic!(
             "{name}: no result within {limit:?}: {e}\nlog: {}",
-            vm.log_path().display()
+            log_path.display()
         )
     });
     let result = parse_result(&log).expect("TMEM-RESULT line");
     eprintln!("{name}: {result:?} (VM ran {elapsed:.1?})");
-    let findings = debug_findings(&log);
-    assert!(
-        findings.is_empty(),
-        "{name}: the debug kernel reported problems: {findings:#?}\nlog: {}",
-        vm.log_path().display()
-    );
-    assert_eq!(num(&result, "oops"), Some(0), "{result:?}");
     assert!(exited, "{name}: VM did not power off");
-    (result, log, elapsed)
+    (Some(result), log, elapsed, log_path)
 }
 
 #[test]
@@ -170,4 +231,26 @@ fn debug_kernel_swap() {
         "sealed pages: {result:?}"
     );
     drop(nodes);
+}
+
+#[test]
+fn only_reports_before_init_make_a_boot_not_count() {
+    let report = "[    0.388350] BUG: KASAN: wild-memory-access in do_raw_spin_lock+0xe5/0x2a0";
+    let init = "[   12.180116] Run /init as init process";
+    let ours = "[   40.000000] BUG: KASAN: slab-use-after-free in kclient_recv+0x10/0x20";
+    let boot_bug = format!("{report}\n{init}\nTMEM-RESULT test=evil\n");
+    assert_eq!(
+        boot_only_reports(&boot_bug),
+        Some(vec![report.to_string()]),
+        "a report before /init is the kernel's own boot"
+    );
+    let both = format!("{report}\n{init}\n{ours}\n");
+    assert_eq!(boot_only_reports(&both), None, "one after /init is ours");
+    assert_eq!(boot_only_reports(&format!("{init}\n{ours}\n")), None);
+    assert_eq!(boot_only_reports(&format!("{init}\nclean\n")), None);
+    assert_eq!(
+        boot_only_reports(report),
+        None,
+        "no /init: the boot never ended"
+    );
 }
