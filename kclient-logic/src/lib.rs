@@ -15,6 +15,8 @@ pub mod sync {
     pub use core::sync::atomic;
 }
 
+#[path = "../../kclient/logic/cache_state.rs"]
+pub mod cache_state;
 #[path = "../../kclient/logic/page_map.rs"]
 pub mod page_map;
 #[path = "../../kclient/logic/placement.rs"]
