@@ -538,6 +538,8 @@ pub(crate) struct DiskConfig {
     /// Largest request, in 4 KiB pages.
     pub(crate) max_pages: u32,
     pub(crate) discard: bool,
+    /// Announce a volatile write cache, so flushes (and FUA, as flushes) reach the driver.
+    pub(crate) write_cache: bool,
 }
 
 /// A registered disk (`/dev/<name>`) served by `T`.
@@ -559,7 +561,7 @@ unsafe impl<T: Driver> Send for Disk<T> {}
 unsafe impl<T: Driver> Sync for Disk<T> {}
 
 impl<T: Driver> Disk<T> {
-    /// Creates and registers `/dev/<name>`; 4 KiB logical and physical blocks, no write cache.
+    /// Creates and registers `/dev/<name>`; 4 KiB logical and physical blocks.
     pub(crate) fn new(
         name: &[u8],
         set: Arc<TagSet<T>>,
@@ -583,6 +585,10 @@ impl<T: Driver> Disk<T> {
         if cfg.discard {
             lim.max_hw_discard_sectors = 2048;
             lim.discard_granularity = 4096;
+        }
+        if cfg.write_cache {
+            // SAFETY: `lim` is a valid, exclusively borrowed `queue_limits`.
+            unsafe { ffi::kc_lim_write_cache(&mut lim) };
         }
         // SAFETY: `set` is allocated; `lim` is valid for the call.
         let disk = from_err_ptr(unsafe {

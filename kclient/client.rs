@@ -21,6 +21,7 @@ use kernel::prelude::*;
 use kernel::sync::{new_condvar, new_mutex, Arc, CondVar, Mutex};
 
 use crate::appliance::{Addr, Appliance, State};
+use crate::cache::{Cache, FillQueue, FILL_SLOTS};
 use crate::blk::TagSet;
 use crate::config::Config;
 use crate::crypto::SecretKey;
@@ -59,6 +60,11 @@ pub(crate) struct Client {
     pub(crate) page_key: Option<SecretKey>,
     pub(crate) set: Arc<TagSet<Client>>,
     pub(crate) apps: KVec<Arc<Appliance>>,
+    /// `cache_backing`: this is the cache device (`cache.rs`).
+    pub(crate) cache: Option<Cache>,
+    /// The cache device's pages waiting to be put (the fill thread takes them).
+    #[pin]
+    pub(crate) fills: FillQueue,
     /// Per extent: [`PLACED`] and the replica set.
     extents: KVec<AtomicU32>,
     stored: KVec<AtomicU64>,
@@ -102,6 +108,40 @@ const SPILL_JOBS: usize = 8192;
 impl Client {
     pub(crate) fn new(mut config: Config, set: Arc<TagSet<Client>>) -> Result<Arc<Self>> {
         let cfg = &mut config;
+        // First the spill (or backing) device: a cache device is as large as its backing device.
+        let spill = match cfg.spill.take() {
+            None => None,
+            Some(path) => {
+                let path = CStr::from_bytes_with_nul(&path)?;
+                match Spill::open(path) {
+                    Ok(s) if cfg.cache => {
+                        cfg.pages = s.pages().min(u64::from(u32::MAX));
+                        Some(s)
+                    }
+                    Ok(s) if s.pages() >= cfg.pages => Some(s),
+                    Ok(s) => {
+                        pr_err!(
+                            "spill device has {} pages, the device {}\n",
+                            s.pages(),
+                            cfg.pages
+                        );
+                        return Err(EINVAL);
+                    }
+                    Err(e) => {
+                        pr_err!(
+                            "cannot open the {} device (error {})\n",
+                            if cfg.cache { "backing" } else { "spill" },
+                            e.to_errno()
+                        );
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        if cfg.pages == 0 {
+            pr_err!("the backing device is empty\n");
+            return Err(EINVAL);
+        }
         let mut apps = KVec::with_capacity(cfg.targets.len(), GFP_KERNEL)?;
         for (i, addr) in cfg.targets.as_slice().iter().enumerate() {
             apps.push(
@@ -126,27 +166,6 @@ impl Client {
                 gens.push(AtomicU32::new(0), GFP_KERNEL)?;
             }
         }
-        let spill = match cfg.spill.take() {
-            None => None,
-            Some(path) => {
-                let path = CStr::from_bytes_with_nul(&path)?;
-                match Spill::open(path) {
-                    Ok(s) if s.pages() >= cfg.pages => Some(s),
-                    Ok(s) => {
-                        pr_err!(
-                            "spill device has {} pages, the device {}\n",
-                            s.pages(),
-                            cfg.pages
-                        );
-                        return Err(EINVAL);
-                    }
-                    Err(e) => {
-                        pr_err!("cannot open the spill device (error {})\n", e.to_errno());
-                        return Err(e);
-                    }
-                }
-            }
-        };
         let settings = Settings {
             pages: cfg.pages,
             replicas: cfg.replicas,
@@ -163,7 +182,15 @@ impl Client {
         let stale = [words(cfg.pages)?, words(cfg.pages)?, words(cfg.pages)?];
         let spilled = words(cfg.pages)?;
         let repair_slot = RepairSlot::new()?;
-        let spill_q = SpillQueue::new(SPILL_JOBS)?;
+        // Every page of every request in flight fits (a cache device sends them all here when
+        // nothing is cached yet): queues x tags x pages.
+        let spill_q = SpillQueue::new(SPILL_JOBS.max(cfg.nr_conns as usize * 32 * 64))?;
+        let cache = if cfg.cache {
+            Some(Cache::new(cfg.pages)?)
+        } else {
+            None
+        };
+        let fills = FillQueue::new(if cfg.cache { FILL_SLOTS } else { 0 })?;
         Arc::pin_init(
             pin_init!(Self {
                 cfg: settings,
@@ -171,6 +198,8 @@ impl Client {
                 page_key,
                 set,
                 apps,
+                cache,
+                fills <- fills,
                 extents,
                 stored,
                 stale,
@@ -214,7 +243,12 @@ impl Client {
         let c = self.clone();
         self.spawn(b"kclient-mon", 0, 0, move || c.monitor_main())?;
         let c = self.clone();
-        self.spawn(b"kclient-repair", 0, 0, move || c.repair_main())?;
+        if self.cache.is_some() {
+            // Nothing is replicated on a cache: the repair slot carries fills instead.
+            self.spawn(b"kclient-fill", 0, 0, move || c.cache_fill_main())?;
+        } else {
+            self.spawn(b"kclient-repair", 0, 0, move || c.repair_main())?;
+        }
         if self.spill_on {
             let c = self.clone();
             self.spawn(b"kclient-spill", 0, 0, move || c.spill_main())?;

@@ -28,8 +28,23 @@ pub(crate) struct Config {
     pub(crate) compress: bool,
     /// Seal every page with a key that never leaves this machine.
     pub(crate) encrypt_pages: bool,
-    /// NUL-terminated path of the spill device, if any.
+    /// NUL-terminated path of the spill device, if any; with [`Config::cache`], the backing
+    /// device.
     pub(crate) spill: Option<KVec<u8>>,
+    /// `cache_backing`: this load is the cache device `/dev/kcache0` over `spill` (its size
+    /// replaces `pages`), not the swap device.
+    pub(crate) cache: bool,
+}
+
+/// A module parameter holding a path, NUL-terminated; `None` if empty.
+fn path_param(path: &[u8]) -> Result<Option<KVec<u8>>> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let mut v = KVec::with_capacity(path.len() + 1, GFP_KERNEL)?;
+    v.extend_from_slice(path, GFP_KERNEL)?;
+    v.push(0, GFP_KERNEL)?;
+    Ok(Some(v))
 }
 
 impl Config {
@@ -90,15 +105,23 @@ impl Config {
             c => c.clamp(1, 16),
         };
         let mut spill_buf = [0u8; 128];
-        let spill = match params::spill(&mut spill_buf) {
-            [] => None,
-            path => {
-                let mut v = KVec::with_capacity(path.len() + 1, GFP_KERNEL)?;
-                v.extend_from_slice(path, GFP_KERNEL)?;
-                v.push(0, GFP_KERNEL)?;
-                Some(v)
+        let mut spill = path_param(params::spill(&mut spill_buf))?;
+        let mut cache_buf = [0u8; 128];
+        let cache_backing = path_param(params::cache_backing(&mut cache_buf))?;
+        let cache = cache_backing.is_some();
+        let mut replicas = replicas;
+        if cache {
+            if spill.is_some() || params::encrypt_pages() {
+                pr_err!("cache_backing= does not go with spill= or encrypt_pages=1 (not supported yet)\n");
+                return Err(EINVAL);
             }
-        };
+            if params::replicas() > 1 {
+                pr_err!("cache_backing=: the cache keeps one copy (the backing device holds the data); replicas must be 1\n");
+                return Err(EINVAL);
+            }
+            replicas = 1;
+            spill = cache_backing;
+        }
         Ok(Self {
             targets,
             pages,
@@ -113,6 +136,7 @@ impl Config {
             compress: params::compress(),
             encrypt_pages: params::encrypt_pages(),
             spill,
+            cache,
         })
     }
 }

@@ -26,6 +26,7 @@ extern "C" {
         lim: *mut bindings::queue_limits,
         queuedata: *mut c_void,
     ) -> *mut bindings::gendisk;
+    pub(crate) fn kc_lim_write_cache(lim: *mut bindings::queue_limits);
 
     pub(crate) fn kc_tcp_connect(
         addr: u32,
@@ -93,6 +94,7 @@ extern "C" {
         bounce: *mut bindings::page,
         write: bool,
     ) -> c_int;
+    pub(crate) fn kc_spill_flush(f: *mut bindings::file) -> c_int;
     pub(crate) fn kc_page_alloc() -> *mut bindings::page;
     pub(crate) fn kc_page_free(p: *mut bindings::page);
     pub(crate) fn kc_page_address(p: *mut bindings::page) -> *mut c_void;
@@ -105,6 +107,7 @@ extern "C" {
     pub(crate) fn kc_param_keepalive_ms() -> u32;
     pub(crate) fn kc_param_repair_pages_per_s() -> u32;
     pub(crate) fn kc_param_spill(buf: *mut c_char, len: usize) -> usize;
+    pub(crate) fn kc_param_cache_backing(buf: *mut c_char, len: usize) -> usize;
     pub(crate) fn kc_param_insecure() -> bool;
     pub(crate) fn kc_param_encrypt_pages() -> bool;
     pub(crate) fn kc_param_size_bytes() -> u64;

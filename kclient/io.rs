@@ -34,7 +34,7 @@ use crate::protocol::{
     PAGE_SIZE, SEAL_TAG_LEN,
 };
 use crate::sendq::SendItem;
-use crate::spill::SpillJob;
+use crate::spill::{SpillJob, SpillKind};
 use crate::stats::{self, STATS};
 use crate::thread;
 
@@ -97,7 +97,7 @@ impl Driver for Client {
 }
 
 impl Client {
-    fn app(&self, idx: u8) -> Option<&Appliance> {
+    pub(crate) fn app(&self, idx: u8) -> Option<&Appliance> {
         self.apps.get(usize::from(idx)).map(|a| &**a)
     }
 
@@ -105,6 +105,16 @@ impl Client {
         let op = rq.op();
         match op {
             Op::Read | Op::Write | Op::Discard => {}
+            Op::Flush if self.cache.is_some() => {
+                // The backing device may have a write cache: flush it (the spill thread does).
+                rq.state().set_parts(1);
+                let page = rq.sector() / 8;
+                return if self.queue_spill_job(rq, 0, SpillKind::Flush, page, 0) {
+                    Ok(())
+                } else {
+                    Err(blk::Status::IoErr)
+                };
+            }
             Op::Flush => {
                 rq.succeed();
                 return Ok(());
@@ -124,6 +134,9 @@ impl Client {
             return Ok(());
         }
         rq.state().set_parts(pages as u32);
+        if let Some(cache) = &self.cache {
+            return self.submit_cached(rq, cache, op, first, pages);
+        }
         if op != Op::Read {
             self.enter_gates(rq, first, pages)?;
         }
@@ -329,7 +342,7 @@ impl Client {
         true
     }
 
-    fn fail_read(&self, rq: &Inflight<'_>, part: u32) -> bool {
+    pub(crate) fn fail_read(&self, rq: &Inflight<'_>, part: u32) -> bool {
         rq.state().fail_part(part);
         if rq.state().in_flight() {
             stats::inc(&STATS.failed_requests);
@@ -387,7 +400,7 @@ impl Client {
 
     /// Queues pages `part..part+count` of `rq` for replica `slot` (appliance `app`), on the
     /// connection their stripe routes to. If it cannot be queued, the parts fail on that replica.
-    fn send_run(&self, rq: &Inflight<'_>, app: u8, slot: u8, part: u32, count: u32) {
+    pub(crate) fn send_run(&self, rq: &Inflight<'_>, app: u8, slot: u8, part: u32, count: u32) {
         let page = rq.sector() / 8 + u64::from(part);
         let item = SendItem::Run(RunId {
             gen: rq.gen(),
@@ -506,9 +519,15 @@ impl Client {
                             a.record_read_latency(rq.age_us().min(u64::from(u32::MAX)) as u32);
                         }
                         stats::inc(&STATS.pages_loaded);
+                        if self.cache.is_some() {
+                            stats::inc(&STATS.cache_hits);
+                        }
                         rq.page_done();
                     }
-                    PartOutcome::Failed => self.retry_read(rq, part, &set, index, answer),
+                    PartOutcome::Failed => match &self.cache {
+                        Some(cache) => self.cache_read_failed(cache, rq, part, index),
+                        None => self.retry_read(rq, part, &set, index, answer),
+                    },
                     PartOutcome::Unexpected => stats::inc(&STATS.protocol_errors),
                     PartOutcome::Waiting => {}
                 }
@@ -584,13 +603,33 @@ impl Client {
     /// replica full or down) or read it back. False if there is no spill device or its queue is
     /// full.
     fn queue_spill(&self, rq: &Inflight<'_>, part: u32, write: bool) -> bool {
+        let kind = if write {
+            SpillKind::Write
+        } else {
+            SpillKind::Read
+        };
+        self.queue_spill_job(rq, part, kind, rq.sector() / 8 + u64::from(part), 0)
+    }
+
+    /// Hands part `part` (device page `page`) of `rq` to the spill thread; `token`: see
+    /// [`SpillJob::token`]. False if there is no spill device or its queue is full.
+    pub(crate) fn queue_spill_job(
+        &self,
+        rq: &Inflight<'_>,
+        part: u32,
+        kind: SpillKind,
+        page: u64,
+        token: u32,
+    ) -> bool {
         self.spill_on
             && self.spill_q.push(SpillJob {
                 hctx: rq.hctx() as u8,
                 tag: rq.tag() as u16,
                 gen: rq.gen(),
                 part: part as u16,
-                write,
+                kind,
+                page,
+                token,
             })
     }
 
@@ -601,14 +640,18 @@ impl Client {
             let Some(job) = self.spill_q.pop_wait(200) else {
                 continue;
             };
-            let Some(rq) = self
+            let rq = self
                 .set
-                .acquire(u32::from(job.hctx), u32::from(job.tag), job.gen)
-            else {
+                .acquire(u32::from(job.hctx), u32::from(job.tag), job.gen);
+            if let Some(cache) = &self.cache {
+                self.cache_spill(cache, job, rq.as_ref());
+                continue;
+            }
+            let Some(rq) = rq else {
                 continue;
             };
             let part = u32::from(job.part);
-            if !job.write {
+            if job.kind == SpillKind::Read {
                 self.spill_read(&rq, part);
             } else if !self.spill_write(&rq, part) {
                 stats::inc(&STATS.failed_puts);
@@ -952,6 +995,12 @@ impl Client {
         } else {
             0
         };
+        // The cache device reads without taking its copies away (they are read many times).
+        let keep = if self.cache.is_some() && rq.op() == Op::Read {
+            protocol::flags::GET_KEEP
+        } else {
+            0
+        };
         let SendBufs {
             frames,
             page,
@@ -972,7 +1021,7 @@ impl Client {
                 lz4,
                 &mut fill,
             )?;
-            req.emit(wire, flags, out).map_err(|_| EINVAL)?
+            req.emit(wire, flags | keep, out).map_err(|_| EINVAL)?
         } else {
             let mut batch = BatchWriter::new(out).map_err(|_| EINVAL)?;
             for part in first..first + u32::from(id.count) {
@@ -986,7 +1035,7 @@ impl Client {
                     lz4,
                     &mut fill,
                 )?;
-                batch.push_request(&req, 0).map_err(|_| EINVAL)?;
+                batch.push_request(&req, keep).map_err(|_| EINVAL)?;
             }
             batch.finish_request(wire, flags).map_err(|_| EINVAL)?
         };
@@ -1007,9 +1056,10 @@ impl Client {
         lz4: &'p mut Option<lz4::Compressor>,
         fill: &'p mut [u8; 8],
     ) -> Result<Request<'p>> {
+        let gen = self.cache.as_ref().and_then(|c| c.state(index)).map_or(0, |s| s.gen());
         let key = PageKey {
             pool,
-            object: OBJECT,
+            object: self.page_object(gen),
             index: index as u32,
         };
         Ok(match rq.op() {
@@ -1071,6 +1121,14 @@ impl Client {
                 Request::Put { key, page }
             }
         })
+    }
+}
+
+impl Client {
+    /// Object id of a page's key: the swap device's is fixed; the cache device's carries the
+    /// block's generation `gen` (see `cache.rs`).
+    pub(crate) fn page_object(&self, gen: u32) -> [u64; 3] {
+        self.cache.as_ref().map_or(OBJECT, |c| c.object(gen))
     }
 }
 

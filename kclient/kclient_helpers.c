@@ -85,6 +85,13 @@ struct request *kc_tag_to_rq(struct blk_mq_tag_set *set, u32 hctx_idx, u32 tag)
 	return blk_mq_tag_to_rq(set->tags[hctx_idx], tag);
 }
 
+/* The disk has a volatile write cache (so the block layer sends flushes, and emulates FUA with
+ * them): the cache device's backing device may have one. BLK_FEAT_* are casts bindgen skips. */
+void kc_lim_write_cache(struct queue_limits *lim)
+{
+	lim->features |= BLK_FEAT_WRITE_CACHE;
+}
+
 struct gendisk *kc_alloc_disk(struct blk_mq_tag_set *set, struct queue_limits *lim, void *queuedata)
 {
 	return blk_mq_alloc_disk(set, lim, queuedata);
@@ -306,6 +313,12 @@ int kc_spill_rw(struct file *f, u64 index, struct page *bounce, bool write)
 	return err;
 }
 
+/* Flushes the device's volatile write cache (a flush of the cache device). 0 or -errno. */
+int kc_spill_flush(struct file *f)
+{
+	return blkdev_issue_flush(file_bdev(f));
+}
+
 struct page *kc_page_alloc(void)
 {
 	return alloc_page(GFP_KERNEL);
@@ -405,6 +418,10 @@ static char *spill;
 module_param(spill, charp, 0444);
 MODULE_PARM_DESC(spill, "Block device for pages no appliance has room for (default none: such writes fail)");
 
+static char *cache_backing;
+module_param(cache_backing, charp, 0444);
+MODULE_PARM_DESC(cache_backing, "Block device to cache: creates /dev/kcache0 instead of /dev/kclient0, its reads served from the appliances' ephemeral pools (default none)");
+
 static bool insecure;
 module_param(insecure, bool, 0444);
 MODULE_PARM_DESC(insecure, "Talk to appliances without authentication or encryption (only if no key is given; default N)");
@@ -486,6 +503,13 @@ size_t kc_param_spill(char *buf, size_t len)
 	if (!len || !spill || !*spill)
 		return 0;
 	return strscpy(buf, spill, len) < 0 ? 0 : strlen(buf);
+}
+
+size_t kc_param_cache_backing(char *buf, size_t len)
+{
+	if (!len || !cache_backing || !*cache_backing)
+		return 0;
+	return strscpy(buf, cache_backing, len) < 0 ? 0 : strlen(buf);
 }
 
 bool kc_param_insecure(void)

@@ -24,6 +24,7 @@ size_t kc_rq_copy(struct request *rq, size_t offset, void *buf, size_t len, bool
 struct request *kc_tag_to_rq(struct blk_mq_tag_set *set, u32 hctx_idx, u32 tag);
 /* blk_mq_alloc_disk() (a macro with a lock class key). Returns an ERR_PTR on failure. */
 struct gendisk *kc_alloc_disk(struct blk_mq_tag_set *set, struct queue_limits *lim, void *queuedata);
+void kc_lim_write_cache(struct queue_limits *lim);
 
 /* TCP to an IPv4 address (host byte order). Tunes the socket for the swap path (memalloc, NOIO,
  * nodelay, send timeout). 0 or -errno; *out is set on success. */
@@ -70,6 +71,7 @@ struct file *kc_spill_open(const char *path);
 void kc_spill_close(struct file *f);
 u64 kc_spill_pages(struct file *f);
 int kc_spill_rw(struct file *f, u64 index, struct page *bounce, bool write);
+int kc_spill_flush(struct file *f);
 struct page *kc_page_alloc(void);
 void kc_page_free(struct page *p);
 void *kc_page_address(struct page *p);
@@ -90,6 +92,7 @@ u32 kc_param_down_after_ms(void);
 u32 kc_param_keepalive_ms(void);
 u32 kc_param_repair_pages_per_s(void);
 size_t kc_param_spill(char *buf, size_t len);
+size_t kc_param_cache_backing(char *buf, size_t len);
 bool kc_param_insecure(void);
 bool kc_param_encrypt_pages(void);
 /* While live, writes to remote_target call Rust's kclient_target_changed(val) under the parameter

@@ -21,6 +21,7 @@
 mod appliance;
 #[allow(unsafe_code)]
 mod blk;
+mod cache;
 mod client;
 mod config;
 mod conn;
@@ -98,7 +99,7 @@ struct KClient {
 impl kernel::Module for KClient {
     fn init(module: &'static ThisModule) -> Result<Self> {
         let cfg = Config::from_params()?;
-        let (pages, conns, timeout) = (cfg.pages, cfg.nr_conns, cfg.io_timeout_ms);
+        let (conns, timeout) = (cfg.nr_conns, cfg.io_timeout_ms);
         let (apps, replicas) = (cfg.targets.len(), cfg.replicas);
         let set = TagSet::<Client>::new(conns, QUEUE_DEPTH, timeout)?;
         let client = Client::new(cfg, set.clone())?;
@@ -107,14 +108,18 @@ impl kernel::Module for KClient {
             client.stop();
             return Err(e);
         }
+        // A cache device's size is its backing device's (known once the client opened it).
+        let (pages, cache) = (client.cfg.pages, client.cache.is_some());
+        let name: &[u8] = if cache { b"kcache0" } else { b"kclient0" };
         let disk = Disk::new(
-            b"kclient0",
+            name,
             set,
             client.clone(),
             &DiskConfig {
                 capacity_sectors: pages * 8,
                 max_pages: MAX_PAGES,
-                discard: true,
+                discard: !cache,
+                write_cache: cache,
             },
             module,
         );
@@ -137,9 +142,15 @@ impl kernel::Module for KClient {
             .inspect_err(|_| pr_warn!("debugfs unavailable; no counters\n"))
             .ok();
         pr_info!(
-            "/dev/kclient0 ready: {} MiB on {} appliance(s), {} replica(s), {} connection(s) each, \
+            "/dev/{} ready: {} MiB{} on {} appliance(s), {} replica(s), {} connection(s) each, \
              I/O timeout {} ms\n",
+            if cache { "kcache0" } else { "kclient0" },
             pages / 256,
+            if cache {
+                ", caching the backing device's blocks"
+            } else {
+                ""
+            },
             apps,
             replicas,
             conns,

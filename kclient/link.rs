@@ -185,7 +185,12 @@ impl Client {
         }
         if pool.id.is_none() || lost {
             let req = Request::NewPool(NewPool {
-                kind: PoolKind::Persistent,
+                // The cache device's copies may be evicted any time: the backing device has all.
+                kind: if self.cache.is_some() {
+                    PoolKind::Ephemeral
+                } else {
+                    PoolKind::Persistent
+                },
                 page_size: PAGE_SIZE as u32,
             });
             let id = match control(&req)? {
@@ -195,7 +200,15 @@ impl Client {
                     return Err(ENOSPC);
                 }
             };
-            if lost {
+            if lost && self.cache.is_some() {
+                app.pools_lost.fetch_add(1, Ordering::Relaxed);
+                pr_warn!(
+                    "appliance {} lost our cache pool (restarted?): new pool {}; its blocks are \
+                     read from the backing device until cached again\n",
+                    Addr(app.addr()),
+                    id
+                );
+            } else if lost {
                 app.pools_lost.fetch_add(1, Ordering::Relaxed);
                 let (pages, unreadable) = self.appliance_lost_everything(app.idx);
                 pr_warn!(
@@ -235,11 +248,18 @@ impl Client {
             }
             app.downs.fetch_add(1, Ordering::Relaxed);
             stats::inc(&STATS.appliance_downs);
-            pr_warn!(
-                "appliance {} is down: I/O continues on the other replicas; writes it misses are \
-                 repaired when it is back\n",
-                Addr(app.addr())
-            );
+            if self.cache.is_some() {
+                pr_warn!(
+                    "appliance {} is down: reads go to the backing device\n",
+                    Addr(app.addr())
+                );
+            } else {
+                pr_warn!(
+                    "appliance {} is down: I/O continues on the other replicas; writes it misses \
+                     are repaired when it is back\n",
+                    Addr(app.addr())
+                );
+            }
         }
     }
 

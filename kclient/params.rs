@@ -95,6 +95,13 @@ pub(crate) fn spill(buf: &mut [u8]) -> &[u8] {
     buf.get(..n).unwrap_or(&[])
 }
 
+/// Copies `cache_backing` (a block device path) into `buf` and returns it; empty if not given.
+pub(crate) fn cache_backing(buf: &mut [u8]) -> &[u8] {
+    // SAFETY: as in `spill`.
+    let n = unsafe { ffi::kc_param_cache_backing(buf.as_mut_ptr().cast::<c_char>(), buf.len()) };
+    buf.get(..n).unwrap_or(&[])
+}
+
 /// `insecure`.
 pub(crate) fn insecure() -> bool {
     // SAFETY: reads a module parameter; no preconditions.

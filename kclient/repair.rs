@@ -50,6 +50,8 @@ pub(crate) struct RepairSlot {
     done: bool,
     ok: u64,
     pages: VVec<u8>,
+    /// The cache device's fills: each page's generation (its key's object id); else zeros.
+    gens: [u32; MAX_BATCH],
 }
 
 impl RepairSlot {
@@ -64,7 +66,28 @@ impl RepairSlot {
             done: true,
             ok: 0,
             pages: VVec::from_elem(0u8, MAX_BATCH * STRIDE, GFP_KERNEL)?,
+            gens: [0; MAX_BATCH],
         })
+    }
+
+    /// Page `i` of the next put batch: `data` raw (the appliance compresses it), stored under
+    /// generation `gen` (the cache device's fills).
+    pub(crate) fn set_raw_page(&mut self, i: usize, data: &[u8], gen: u32) {
+        let (Some(rec), Some(g)) = (
+            self.pages.get_mut(i * STRIDE..(i + 1) * STRIDE),
+            self.gens.get_mut(i),
+        ) else {
+            return;
+        };
+        let Some(dst) = rec.get_mut(8..8 + data.len()) else {
+            return;
+        };
+        dst.copy_from_slice(data);
+        rec[0] = Encoding::Raw as u8;
+        rec[1] = 0;
+        rec[2..4].copy_from_slice(&(data.len() as u16).to_le_bytes());
+        rec[4..8].copy_from_slice(&crate::protocol::crc32c(data).to_le_bytes());
+        *g = gen;
     }
 }
 
@@ -203,7 +226,7 @@ impl Client {
 
     /// Runs one repair batch (GET from or PUT to replica `slot`) and waits (bounded) for its
     /// answer; returns the pages it moved.
-    fn repair_op(
+    pub(crate) fn repair_op(
         &self,
         set: &[u8; MAX_REPLICAS],
         slot: u8,
@@ -287,7 +310,7 @@ impl Client {
             }
             let key = PageKey {
                 pool,
-                object: [0, 0, 0],
+                object: self.page_object(r.gens[i as usize]),
                 index: (r.base + i) as u32,
             };
             let req = if put {

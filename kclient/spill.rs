@@ -15,14 +15,29 @@ use crate::ffi;
 use crate::protocol::PAGE_SIZE;
 use crate::sendq::Ring;
 
-/// One page of a request for the spill thread: write it to the spill device, or read it back.
+/// What the spill thread does with a job's page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SpillKind {
+    /// Read it back into the request.
+    Read,
+    /// Write the request's page to the device.
+    Write,
+    /// Flush the device's write cache (a flush request of the cache device; part 0).
+    Flush,
+}
+
+/// One page of a request for the spill thread.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SpillJob {
     pub(crate) hctx: u8,
     pub(crate) tag: u16,
     pub(crate) gen: u32,
     pub(crate) part: u16,
-    pub(crate) write: bool,
+    pub(crate) kind: SpillKind,
+    /// Device page (the cache device ends a write's block state by it, request or not).
+    pub(crate) page: u64,
+    /// The cache device's write token ([`crate::logic::cache_state::WriteStart`]), else 0.
+    pub(crate) token: u32,
 }
 
 /// Jobs waiting for the spill thread.
@@ -42,7 +57,9 @@ impl SpillQueue {
             tag: 0,
             gen: 0,
             part: 0,
-            write: false,
+            kind: SpillKind::Read,
+            page: 0,
+            token: 0,
         };
         let ring = Ring::new(capacity, filler)?;
         Ok(pin_init!(Self {
@@ -137,6 +154,17 @@ impl Spill {
         kernel::error::to_result(unsafe {
             ffi::kc_spill_rw(self.file.as_ptr(), index, self.bounce.as_ptr(), true)
         })
+    }
+
+    /// Flushes the device's volatile write cache.
+    pub(crate) fn flush(&mut self) -> Result {
+        // SAFETY: `file` is open (invariant); the call is synchronous.
+        kernel::error::to_result(unsafe { ffi::kc_spill_flush(self.file.as_ptr()) })
+    }
+
+    /// The page last read or written (the cache device puts it on an appliance).
+    pub(crate) fn last_page(&mut self) -> &[u8] {
+        self.bounce()
     }
 
     /// Reads one page at `index` and hands it to `take` (false: failed).

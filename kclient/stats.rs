@@ -49,6 +49,17 @@ pub(crate) struct Stats {
     pub(crate) pages_spill_read: AtomicU64,
     pub(crate) pages_sealed: AtomicU64,
     pub(crate) page_auth_failures: AtomicU64,
+    /// Cache device: blocks read from an appliance.
+    pub(crate) cache_hits: AtomicU64,
+    /// Cache device: blocks read from the backing device.
+    pub(crate) cache_misses: AtomicU64,
+    /// Cache device: blocks put into the cache and readable there.
+    pub(crate) cache_fills: AtomicU64,
+    /// Cache device: fills given up (queue full, appliance down, put refused, or a write of the
+    /// block began meanwhile).
+    pub(crate) cache_fills_dropped: AtomicU64,
+    /// Cache device: writes that made a readable cached block unreadable.
+    pub(crate) cache_invalidations: AtomicU64,
     pub(crate) lat: [AtomicU64; LAT_BUCKETS],
 }
 
@@ -90,6 +101,11 @@ pub(crate) static STATS: Stats = Stats {
     pages_spill_read: AtomicU64::new(0),
     pages_sealed: AtomicU64::new(0),
     page_auth_failures: AtomicU64::new(0),
+    cache_hits: AtomicU64::new(0),
+    cache_misses: AtomicU64::new(0),
+    cache_fills: AtomicU64::new(0),
+    cache_fills_dropped: AtomicU64::new(0),
+    cache_invalidations: AtomicU64::new(0),
     lat: [const { AtomicU64::new(0) }; LAT_BUCKETS],
 };
 
@@ -194,6 +210,13 @@ pub(crate) fn format(w: &mut BufWriter<'_>, connected: u32, conns: u32) {
     let _ = writeln!(w, "pages_spill_read {}", get(&s.pages_spill_read));
     let _ = writeln!(w, "pages_sealed {}", get(&s.pages_sealed));
     let _ = writeln!(w, "page_auth_failures {}", get(&s.page_auth_failures));
+    let _ = writeln!(w, "cache_hits {}", get(&s.cache_hits));
+    let _ = writeln!(w, "cache_misses {}", get(&s.cache_misses));
+    let _ = writeln!(w, "cache_fills {}", get(&s.cache_fills));
+    let _ = writeln!(w, "cache_fills_dropped {}", get(&s.cache_fills_dropped));
+    let _ = writeln!(w, "cache_invalidations {}", get(&s.cache_invalidations));
+    // Bytes the backing device did not have to read.
+    let _ = writeln!(w, "cache_bytes_saved {}", get(&s.cache_hits) * 4096);
     let _ = writeln!(w, "connections_up {connected}");
     let _ = writeln!(w, "connections {conns}");
     for (i, b) in s.lat.iter().enumerate() {

@@ -307,7 +307,7 @@ fn a_cached_block_is_never_older_than_the_backing_device() {
         let w = {
             let (s, backing, appliance) = (s.clone(), backing.clone(), appliance.clone());
             thread::spawn(move || {
-                let start = s.begin_write().expect("room for a writer");
+                let (start, _) = s.begin_write().expect("room for a writer");
                 backing.store(2, Ordering::SeqCst);
                 if let Some(t) = s.end_write(start) {
                     appliance[t.gen() as usize % GENS].store(2, Ordering::SeqCst);
@@ -359,7 +359,7 @@ fn overlapping_writes_never_cache_the_loser() {
         let spawn_writer = |v: usize| {
             let (s, backing, appliance) = (s.clone(), backing.clone(), appliance.clone());
             thread::spawn(move || {
-                let start = s.begin_write().expect("room for a writer");
+                let (start, _) = s.begin_write().expect("room for a writer");
                 backing.store(v, Ordering::SeqCst);
                 if let Some(t) = s.end_write(start) {
                     appliance[t.gen() as usize % GENS].store(v, Ordering::SeqCst);

@@ -40,9 +40,21 @@ impl FillTicket {
     }
 }
 
-/// A write's view of the block when it ended (see [`CacheState::end_write`]).
+/// A write's view of the block when it began, for [`CacheState::end_write`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteStart(u32);
+
+impl WriteStart {
+    /// As a plain word, to carry in a queue ([`WriteStart::from_word`] gives it back).
+    pub fn to_word(self) -> u32 {
+        self.0
+    }
+
+    /// Back from [`WriteStart::to_word`].
+    pub fn from_word(w: u32) -> WriteStart {
+        WriteStart(w)
+    }
+}
 
 /// One block's state.
 pub struct CacheState(AtomicU32);
@@ -72,8 +84,9 @@ impl CacheState {
 
     /// A write of the block starts (before it is sent to the backing device): nothing cached is
     /// readable any more and fills in progress will not commit. None if 127 writes of this one
-    /// block are in flight already (the caller retries).
-    pub fn begin_write(&self) -> Option<WriteStart> {
+    /// block are in flight already (the caller retries); else the start, and whether a cached
+    /// copy was readable until now (an invalidation).
+    pub fn begin_write(&self) -> Option<(WriteStart, bool)> {
         let mut cur = self.0.load(Ordering::Acquire);
         loop {
             if cur & WRITERS_MASK == WRITERS_MASK {
@@ -84,7 +97,7 @@ impl CacheState {
                 .0
                 .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Some(WriteStart(next)),
+                Ok(_) => return Some((WriteStart(next), cur & VALID != 0)),
                 Err(c) => cur = c,
             }
         }
@@ -165,7 +178,8 @@ mod tests {
         let s = CacheState::new();
         let t = s.fill_ticket().unwrap();
         assert!(s.commit_fill(t));
-        let w = s.begin_write().unwrap();
+        let (w, invalidated) = s.begin_write().unwrap();
+        assert!(invalidated);
         assert_eq!(s.lookup(), None);
         assert_ne!(s.gen(), t.gen());
         assert_eq!(s.fill_ticket(), None, "no fill while a write is in flight");
@@ -179,7 +193,7 @@ mod tests {
     fn a_fill_ticketed_before_a_write_never_commits() {
         let s = CacheState::new();
         let t = s.fill_ticket().unwrap();
-        let w = s.begin_write().unwrap();
+        let w = s.begin_write().unwrap().0;
         assert!(!s.commit_fill(t), "during the write");
         let _ = s.end_write(w);
         assert!(!s.commit_fill(t), "after the write");
@@ -189,11 +203,11 @@ mod tests {
     #[test]
     fn overlapping_writes_fill_nothing() {
         let s = CacheState::new();
-        let a = s.begin_write().unwrap();
-        let b = s.begin_write().unwrap();
+        let a = s.begin_write().unwrap().0;
+        let b = s.begin_write().unwrap().0;
         assert_eq!(s.end_write(a), None, "b still in flight");
         assert_eq!(s.end_write(b), None, "a was in flight at b's start");
-        let c = s.begin_write().unwrap();
+        let c = s.begin_write().unwrap().0;
         assert!(s.end_write(c).is_some(), "alone again");
     }
 
@@ -201,7 +215,7 @@ mod tests {
     fn a_miss_of_an_older_generation_keeps_a_newer_commit() {
         let s = CacheState::new();
         let old = s.fill_ticket().unwrap();
-        let w = s.begin_write().unwrap();
+        let w = s.begin_write().unwrap().0;
         let new = s.end_write(w).unwrap();
         assert!(s.commit_fill(new));
         s.missed(old.gen());
@@ -211,14 +225,14 @@ mod tests {
     #[test]
     fn writers_are_bounded_and_generations_wrap() {
         let s = CacheState::new();
-        let starts: [WriteStart; 127] = core::array::from_fn(|_| s.begin_write().unwrap());
+        let starts: [WriteStart; 127] = core::array::from_fn(|_| s.begin_write().unwrap().0);
         assert_eq!(s.begin_write(), None);
         for w in starts {
             let _ = s.end_write(w);
         }
         assert!(s.fill_ticket().is_some());
         for _ in 0..(1 << 23) {
-            let w = s.begin_write().unwrap();
+            let w = s.begin_write().unwrap().0;
             let _ = s.end_write(w);
         }
         assert_eq!(s.gen(), (254 + (2u32 << 23)) & 0xff_ffff);

@@ -104,6 +104,21 @@ pub fn table(params: &[(String, String)], all: &KclientStats) -> String {
             recv as f64 / (1 << 20) as f64
         ));
     }
+    // The cache device: how much the appliances spared the backing device.
+    if let (Some(hits), Some(misses)) = (get("cache_hits"), get("cache_misses")) {
+        if hits + misses > 0 {
+            s.push_str(&format!(
+                "  {:<24} {:>14.3}\n",
+                "cache_hit_ratio",
+                hits as f64 / (hits + misses) as f64
+            ));
+            s.push_str(&format!(
+                "  {:<24} {:>14.1}\n",
+                "cache_mib_saved",
+                (hits * 4096) as f64 / (1 << 20) as f64
+            ));
+        }
+    }
     let hist: Vec<(u64, u64)> = stats
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix("latency_us_lt_")?.parse().ok()?, *v)))
@@ -150,6 +165,19 @@ pub fn table(params: &[(String, String)], all: &KclientStats) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_device_shows_its_hit_ratio() {
+        let stats = parse("cache_hits 900\ncache_misses 100\n");
+        let t = table(&[], &stats);
+        assert!(t.contains("cache_hit_ratio") && t.contains("0.900"), "{t}");
+        assert!(t.contains("cache_mib_saved") && t.contains("3.5"), "{t}");
+        let swap = table(
+            &[],
+            &parse("cache_hits 0\ncache_misses 0\npages_stored 5\n"),
+        );
+        assert!(!swap.contains("cache_hit_ratio"), "{swap}");
+    }
 
     #[test]
     fn parses_and_renders_kclient_stats() {

@@ -31,6 +31,12 @@ pub struct BenchArgs {
     swap: bool,
     #[command(flatten)]
     swap_args: crate::swapbench::SwapBenchArgs,
+    /// Run the cache device benchmark instead (client VM: ext4 on a throttled disk, through
+    /// /dev/kcache0, and all in the page cache).
+    #[arg(long)]
+    cache: bool,
+    #[command(flatten)]
+    cache_args: crate::cachebench::CacheBenchArgs,
 }
 
 /// A server process (killed when dropped) and where it listens.
@@ -173,6 +179,9 @@ struct Scenario {
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
+    if args.cache {
+        return crate::cachebench::run_bench(&args.cache_args, args.no_docs);
+    }
     if args.swap {
         let mut swap = args.swap_args.clone();
         swap.no_docs |= args.no_docs;

@@ -6,6 +6,7 @@ mod artefacts;
 mod bench;
 mod boot_disk;
 mod cache_key;
+mod cachebench;
 mod client_vm;
 mod demo;
 mod docs_section;

@@ -104,7 +104,8 @@ pub fn test_vm() -> Result<()> {
     // The Hermit appliance on a tap device gets its address from dnsmasq (hermit_vm.rs).
     ensure_apt_tool("dnsmasq", "dnsmasq-base")?;
     // The boot disk boots under UEFI too (boot_disk.rs); mtools edits its tmem.conf.
-    crate::host::apt_install(&["ovmf", "mtools"])?;
+    // e2fsprogs: the cache device's test makes and checks an ext4 image (kclient_cache.rs).
+    crate::host::apt_install(&["ovmf", "mtools", "e2fsprogs"])?;
     step("VM tests (QEMU TCG, one VM test at a time: the machine has 2 cores)");
     run(cargo().args([
         "test",

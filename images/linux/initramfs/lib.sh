@@ -18,8 +18,9 @@ oopses() { dmesg | grep -cE 'WARNING:|BUG:|Oops|kernel BUG|Call Trace|general pr
 
 vmstat_val() { awk -v k="$1" '$1 == k { print $2 }' /proc/vmstat; }
 
+# Loads kclient with the tmem_* settings; extra arguments are passed on (e.g. cache_backing=).
 load_kclient() {
-	set -- remote_target="${tmem_target:-10.0.2.2:7000}" size="${tmem_size:-1G}" \
+	set -- "$@" remote_target="${tmem_target:-10.0.2.2:7000}" size="${tmem_size:-1G}" \
 		io_timeout_ms="${tmem_timeout_ms:-10000}" compress="${tmem_compress:-0}" \
 		nr_conns="${tmem_conns:-0}"
 	# With a key the sessions are authenticated and encrypted; without one kclient must be told

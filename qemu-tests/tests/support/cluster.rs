@@ -85,6 +85,12 @@ impl Node {
         self.child = Some(child);
     }
 
+    /// Starts it again, empty, on its port with `memory` of store from now on.
+    pub fn restart_with_memory(&mut self, memory: &str) {
+        self.memory = memory.to_string();
+        self.restart();
+    }
+
     /// SIGKILL (its pages are gone with it).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -126,6 +132,11 @@ impl Node {
     /// Gets it answered with a page so far (0 if it does not answer).
     pub fn get_hits(&self) -> u64 {
         self.stat(StatId::GetHits)
+    }
+
+    /// Pages it evicted from ephemeral pools to make room (0 if it does not answer).
+    pub fn evictions(&self) -> u64 {
+        self.stat(StatId::Evictions)
     }
 
     fn stat(&self, id: StatId) -> u64 {
