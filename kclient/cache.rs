@@ -291,7 +291,11 @@ impl Client {
         match job.kind {
             SpillKind::Flush => {
                 let Some(rq) = rq else { return };
-                let flushed = self.spill.lock().as_mut().is_some_and(|s| s.flush().is_ok());
+                let flushed = self
+                    .spill
+                    .lock()
+                    .as_mut()
+                    .is_some_and(|s| s.flush().is_ok());
                 if flushed && rq.state().local_part(part) {
                     rq.page_done();
                 } else {

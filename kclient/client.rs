@@ -21,8 +21,8 @@ use kernel::prelude::*;
 use kernel::sync::{new_condvar, new_mutex, Arc, CondVar, Mutex};
 
 use crate::appliance::{Addr, Appliance, State};
-use crate::cache::{Cache, FillQueue, FILL_SLOTS};
 use crate::blk::TagSet;
+use crate::cache::{Cache, FillQueue, FILL_SLOTS};
 use crate::config::Config;
 use crate::crypto::SecretKey;
 use crate::logic::page_map::PageMap;

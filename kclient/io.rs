@@ -1056,7 +1056,11 @@ impl Client {
         lz4: &'p mut Option<lz4::Compressor>,
         fill: &'p mut [u8; 8],
     ) -> Result<Request<'p>> {
-        let gen = self.cache.as_ref().and_then(|c| c.state(index)).map_or(0, |s| s.gen());
+        let gen = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.state(index))
+            .map_or(0, |s| s.gen());
         let key = PageKey {
             pool,
             object: self.page_object(gen),

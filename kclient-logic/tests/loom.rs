@@ -291,91 +291,103 @@ fn a_write_resent_after_lost_connections_completes_once() {
     });
 }
 
-/// The cache device: a write of a block (version 1 -> 2 on the backing device, then a put of
-/// its contents under the generation its end gave it, when it was alone) races a fill (ticket,
-/// read of the backing device, put under the ticket's generation, commit). The appliance keeps
-/// one slot per generation. Whatever the interleaving, once both are done, a block the state
-/// calls readable holds the backing device's contents under the generation a read asks for.
-#[test]
-fn a_cached_block_is_never_older_than_the_backing_device() {
+/// One block of the cache device in a model: its state, the backing device's contents, and the
+/// appliance's copies (one slot per generation, modulo [`CacheModel::GENS`]).
+#[derive(Clone)]
+struct CacheModel {
+    s: Arc<CacheState>,
+    backing: Arc<AtomicUsize>,
+    appliance: Arc<Vec<AtomicUsize>>,
+}
+
+impl CacheModel {
     const GENS: usize = 8;
-    model(|| {
-        let s = Arc::new(CacheState::new());
-        let backing = Arc::new(AtomicUsize::new(1));
-        let appliance: Arc<Vec<AtomicUsize>> =
-            Arc::new((0..GENS).map(|_| AtomicUsize::new(0)).collect());
-        let w = {
-            let (s, backing, appliance) = (s.clone(), backing.clone(), appliance.clone());
-            thread::spawn(move || {
-                let (start, _) = s.begin_write().expect("room for a writer");
-                backing.store(2, Ordering::SeqCst);
-                if let Some(t) = s.end_write(start) {
-                    appliance[t.gen() as usize % GENS].store(2, Ordering::SeqCst);
-                    s.commit_fill(t);
-                }
-            })
-        };
-        // On a thread of its own, as in `a_repair_copy_never_overtakes_a_write`.
-        let f = {
-            let (s, backing, appliance) = (s.clone(), backing.clone(), appliance.clone());
-            thread::spawn(move || {
-                if let Some(t) = s.fill_ticket() {
-                    let v = backing.load(Ordering::SeqCst);
-                    appliance[t.gen() as usize % GENS].store(v, Ordering::SeqCst);
-                    s.commit_fill(t);
-                }
-            })
-        };
-        w.join().unwrap();
-        f.join().unwrap();
-        let now = backing.load(Ordering::SeqCst);
-        if let Some(gen) = s.lookup() {
+
+    fn new() -> CacheModel {
+        CacheModel {
+            s: Arc::new(CacheState::new()),
+            backing: Arc::new(AtomicUsize::new(1)),
+            appliance: Arc::new((0..Self::GENS).map(|_| AtomicUsize::new(0)).collect()),
+        }
+    }
+
+    fn put(&self, gen: u32, v: usize) {
+        self.appliance[gen as usize % Self::GENS].store(v, Ordering::SeqCst);
+    }
+
+    fn at(&self, gen: u32) -> usize {
+        self.appliance[gen as usize % Self::GENS].load(Ordering::SeqCst)
+    }
+
+    /// A write of `v` on its own thread: to the backing device, then (alone) into the cache.
+    fn spawn_write(&self, v: usize) -> thread::JoinHandle<()> {
+        let m = self.clone();
+        thread::spawn(move || {
+            let (start, _) = m.s.begin_write().expect("room for a writer");
+            m.backing.store(v, Ordering::SeqCst);
+            if let Some(t) = m.s.end_write(start) {
+                m.put(t.gen(), v);
+                m.s.commit_fill(t);
+            }
+        })
+    }
+
+    /// A fill on its own thread (not the main one: loom does not schedule a spawned thread ahead
+    /// of the main thread's plain loads, see `a_repair_copy_never_overtakes_a_write`).
+    fn spawn_fill(&self) -> thread::JoinHandle<()> {
+        let m = self.clone();
+        thread::spawn(move || {
+            if let Some(t) = m.s.fill_ticket() {
+                m.put(t.gen(), m.backing.load(Ordering::SeqCst));
+                m.s.commit_fill(t);
+            }
+        })
+    }
+
+    /// Once everything is done: a block the state calls readable holds the backing device's
+    /// contents, and what a read asks for (the current generation) is never old.
+    fn check(&self) {
+        let now = self.backing.load(Ordering::SeqCst);
+        if let Some(gen) = self.s.lookup() {
             assert_eq!(
-                appliance[gen as usize % GENS].load(Ordering::SeqCst),
+                self.at(gen),
                 now,
-                "a readable cached block differs from the backing device"
+                "a readable cached block differs from the disk"
             );
         }
-        // What a read asks for (the current generation) is never old, readable or not.
-        let at_current = appliance[s.gen() as usize % GENS].load(Ordering::SeqCst);
+        let current = self.at(self.s.gen());
         assert!(
-            at_current == 0 || at_current == now,
+            current == 0 || current == now,
             "old contents under the current key"
         );
+    }
+}
+
+/// The cache device: a write of a block (version 1 -> 2 on the backing device, then a put of
+/// its contents under the generation its end gave it, when it was alone) races a fill (ticket,
+/// read of the backing device, put under the ticket's generation, commit).
+#[test]
+fn a_cached_block_is_never_older_than_the_backing_device() {
+    model(|| {
+        let m = CacheModel::new();
+        let w = m.spawn_write(2);
+        let f = m.spawn_fill();
+        w.join().unwrap();
+        f.join().unwrap();
+        m.check();
     });
 }
 
 /// Two overlapping writes of one block (1 -> 2 and 1 -> 3 on the backing device, in either
-/// order) each put what they wrote if their end says they were alone, while a miss drops the
-/// readable mark: a readable block always holds what the backing device ended with.
+/// order), each putting what it wrote if its end says it was alone: the loser is never cached.
 #[test]
 fn overlapping_writes_never_cache_the_loser() {
-    const GENS: usize = 8;
     model(|| {
-        let s = Arc::new(CacheState::new());
-        let backing = Arc::new(AtomicUsize::new(1));
-        let appliance: Arc<Vec<AtomicUsize>> =
-            Arc::new((0..GENS).map(|_| AtomicUsize::new(0)).collect());
-        let spawn_writer = |v: usize| {
-            let (s, backing, appliance) = (s.clone(), backing.clone(), appliance.clone());
-            thread::spawn(move || {
-                let (start, _) = s.begin_write().expect("room for a writer");
-                backing.store(v, Ordering::SeqCst);
-                if let Some(t) = s.end_write(start) {
-                    appliance[t.gen() as usize % GENS].store(v, Ordering::SeqCst);
-                    s.commit_fill(t);
-                }
-            })
-        };
-        let a = spawn_writer(2);
-        let b = spawn_writer(3);
+        let m = CacheModel::new();
+        let a = m.spawn_write(2);
+        let b = m.spawn_write(3);
         a.join().unwrap();
         b.join().unwrap();
-        if let Some(gen) = s.lookup() {
-            assert_eq!(
-                appliance[gen as usize % GENS].load(Ordering::SeqCst),
-                backing.load(Ordering::SeqCst)
-            );
-        }
+        m.check();
     });
 }

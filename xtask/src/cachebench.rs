@@ -26,25 +26,25 @@ use crate::{artefacts, docs_section, testing};
 pub struct CacheBenchArgs {
     /// The disk's throttle, MB/s (reads and writes together).
     #[arg(long = "cache-disk-mbps", default_value_t = 4)]
-    pub disk_mbps: u64,
+    pub cache_disk_mbps: u64,
     /// Files in the set.
     #[arg(long = "cache-files", default_value_t = 32)]
-    pub files: u32,
+    pub cache_files: u32,
     /// MiB per file.
     #[arg(long = "cache-file-mib", default_value_t = 8)]
-    pub file_mib: u32,
+    pub cache_file_mib: u32,
     /// RAM of the VM for `disk` and `kcache` (below the file set).
     #[arg(long = "cache-vm-memory", default_value = "128M")]
-    pub vm_memory: String,
+    pub cache_vm_memory: String,
     /// RAM of the VM for `ram` (the file set fits in its page cache).
     #[arg(long = "cache-ram-vm-memory", default_value = "1G")]
-    pub ram_vm_memory: String,
+    pub cache_ram_vm_memory: String,
     /// Rounds (every configuration once per round, order alternating).
     #[arg(long = "cache-rounds", default_value_t = 1)]
-    pub rounds: usize,
+    pub cache_rounds: usize,
     /// Limit for one VM, seconds.
     #[arg(long = "cache-vm-timeout", default_value_t = 1800)]
-    pub vm_timeout_s: u64,
+    pub cache_vm_timeout_s: u64,
 }
 
 const MODES: [&str; 3] = ["disk", "kcache", "ram"];
@@ -58,7 +58,7 @@ pub fn run_bench(args: &CacheBenchArgs, no_docs: bool) -> Result<()> {
     apt_install(&["e2fsprogs"])?;
     let image = artefacts::client_image()?;
     let mut runs: BTreeMap<&str, Vec<BTreeMap<String, String>>> = BTreeMap::new();
-    for round in 0..args.rounds {
+    for round in 0..args.cache_rounds {
         let mut order = MODES;
         if round % 2 == 1 {
             order.reverse();
@@ -67,7 +67,7 @@ pub fn run_bench(args: &CacheBenchArgs, no_docs: bool) -> Result<()> {
             step(&format!(
                 "cache bench: {mode}, round {}/{}",
                 round + 1,
-                args.rounds
+                args.cache_rounds
             ));
             let r = run_mode(args, &image, mode)?;
             println!("  {r:?}");
@@ -116,11 +116,11 @@ fn run_mode(
     image: &ClientImage,
     mode: &str,
 ) -> Result<BTreeMap<String, String>> {
-    let set_mib = u64::from(args.files) * u64::from(args.file_mib);
+    let set_mib = u64::from(args.cache_files) * u64::from(args.cache_file_mib);
     let disk = Ext4Image::new(set_mib + set_mib / 2 + 64)?;
     let mut append = format!(
         "tmem_test=cachebench tmem_cache_mode={mode} tmem_files={} tmem_file_mib={}",
-        args.files, args.file_mib
+        args.cache_files, args.cache_file_mib
     );
     // Only the cache device talks to an appliance (keyed, like every default setup).
     let _appliance = if mode == "kcache" {
@@ -142,14 +142,17 @@ fn run_mode(
         None
     };
     let memory = if mode == "ram" {
-        &args.ram_vm_memory
+        &args.cache_ram_vm_memory
     } else {
-        &args.vm_memory
+        &args.cache_vm_memory
     };
     let mut cmd = client_command(image, memory, 2, &append);
-    cmd.args(["-drive", &drive(&disk.0, args.disk_mbps << 20)]);
+    cmd.args(["-drive", &drive(&disk.0, args.cache_disk_mbps << 20)]);
     let mut vm = Qemu::spawn(&format!("cachebench-{mode}"), cmd)?;
-    let waited = vm.wait_for_output("TMEM-CACHEBENCH", Duration::from_secs(args.vm_timeout_s));
+    let waited = vm.wait_for_output(
+        "TMEM-CACHEBENCH",
+        Duration::from_secs(args.cache_vm_timeout_s),
+    );
     wait_exit(&mut vm, Duration::from_secs(120));
     if let Err(e) = waited {
         bail!("{mode}: no result ({e})\n{}", vm.log_tail());
@@ -175,7 +178,7 @@ fn drive(image: &Path, bps: u64) -> String {
 
 /// The markdown section: medians per configuration and the ratios to the disk.
 fn report(args: &CacheBenchArgs, runs: &BTreeMap<&str, Vec<BTreeMap<String, String>>>) -> String {
-    let set_mib = u64::from(args.files) * u64::from(args.file_mib);
+    let set_mib = u64::from(args.cache_files) * u64::from(args.cache_file_mib);
     let disk2 = runs
         .get("disk")
         .map_or(f64::NAN, |r| median_of(r, "pass2_ms"));
@@ -184,12 +187,12 @@ fn report(args: &CacheBenchArgs, runs: &BTreeMap<&str, Vec<BTreeMap<String, Stri
          disk throttled to {} MB/s, VM {} / `ram` VM {}, {} round(s), medians). Measured {} \
          under QEMU TCG with user networking on this 2-core host: ratios are comparable, \
          absolute times are not.\n\n",
-        args.files,
-        args.file_mib,
-        args.disk_mbps,
-        args.vm_memory,
-        args.ram_vm_memory,
-        args.rounds,
+        args.cache_files,
+        args.cache_file_mib,
+        args.cache_disk_mbps,
+        args.cache_vm_memory,
+        args.cache_ram_vm_memory,
+        args.cache_rounds,
         today_utc()
     );
     s.push_str("| configuration | first pass (s) | second pass (s) | second pass / disk | hits / misses (second pass) |\n");
