@@ -87,6 +87,9 @@ const MAX_PAGES: u32 = 64;
 /// client's backlog to a few seconds even at 10 MB/s, far above what a real link needs in flight.
 const QUEUE_DEPTH: u32 = 32;
 
+/// blk-mq's request timeout on a cache device (see `init`).
+const CACHE_RQ_TIMEOUT_MS: u32 = 300_000;
+
 struct KClient {
     /// Routes runtime `remote_target` writes to the client; removed first on unload.
     target_hook: Option<TargetHook>,
@@ -101,7 +104,16 @@ impl kernel::Module for KClient {
         let cfg = Config::from_params()?;
         let (conns, timeout) = (cfg.nr_conns, cfg.io_timeout_ms);
         let (apps, replicas) = (cfg.targets.len(), cfg.replicas);
-        let set = TagSet::<Client>::new(conns, QUEUE_DEPTH, timeout)?;
+        // A cache device's requests wait for its backing device, behind every page queued for it
+        // (16 MiB at most: 16 s on a 1 MB/s disk), and the backing device's driver has its own
+        // error handling: blk-mq's timeout is only the last resort there. Appliance stalls are
+        // still found within `down_after_ms`, and those reads go to the backing device.
+        let rq_timeout = if cfg.cache {
+            timeout.max(CACHE_RQ_TIMEOUT_MS)
+        } else {
+            timeout
+        };
+        let set = TagSet::<Client>::new(conns, QUEUE_DEPTH, rq_timeout)?;
         let client = Client::new(cfg, set.clone())?;
         if let Err(e) = client.start() {
             pr_err!("cannot reach any appliance (error {})\n", e.to_errno());
