@@ -14,6 +14,7 @@
 pub mod artefacts;
 pub mod evil_appliance;
 pub mod evil_verdict;
+pub mod ext4_image;
 pub mod linux_vm;
 pub mod netns;
 pub mod poll;

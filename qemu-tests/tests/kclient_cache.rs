@@ -16,10 +16,11 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use qemu_tests::ext4_image::Ext4Image;
 use qemu_tests::linux_vm::{
     client_command, client_image, kernel_problems, num, parse_result, tagged_lines, wait_exit,
 };
@@ -40,29 +41,6 @@ const DISK_BPS: u64 = 8 << 20;
 /// The appliance's store after the restart: below the file set (evictions), above the working
 /// set of the last two passes (a quarter of it).
 const SMALL_STORE: &str = "128MiB";
-
-/// A disk image made ext4 on the host, removed on drop.
-struct Disk(PathBuf);
-
-impl Disk {
-    fn ext4(mib: u64) -> Disk {
-        let path = std::env::temp_dir().join(format!("tmem-cache-{}.img", std::process::id()));
-        let file = std::fs::File::create(&path).expect("disk image");
-        file.set_len(mib << 20).expect("sparse disk image");
-        drop(file);
-        let disk = Disk(path);
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-b", "4096"])
-            .arg(&disk.0));
-        disk
-    }
-}
-
-impl Drop for Disk {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 fn run(cmd: &mut Command) -> std::process::Output {
     cmd.output().unwrap_or_else(|e| {
@@ -105,8 +83,8 @@ pub fn boot(name: &str, node: &Node, disk: &Path, bps: u64, extra: &str) -> Qemu
 #[ignore = "VM test: run by cargo xtask test-vm"]
 fn ext4_on_the_cache_device_reads_back_every_byte() {
     let mut node = Node::start("1GiB");
-    let disk = Disk::ext4(DISK_MIB);
-    let mut vm = boot("kclient_cache", &node, &disk.0, DISK_BPS, "");
+    let disk = Ext4Image::new("tmem-cache", DISK_MIB).expect("ext4 disk image");
+    let mut vm = boot("kclient_cache", &node, &disk.path, DISK_BPS, "");
     let limit = Duration::from_secs(2400);
     let phase = |vm: &mut Qemu, name: &str| {
         vm.wait_for_output(&format!("TMEM-PHASE {name}"), limit)
@@ -164,7 +142,7 @@ fn ext4_on_the_cache_device_reads_back_every_byte() {
     );
     assert_eq!(num(&result, "failed_requests"), Some(0), "{result:?}");
     drop(node);
-    let fsck = run(Command::new("e2fsck").args(["-f", "-n"]).arg(&disk.0));
+    let fsck = run(Command::new("e2fsck").args(["-f", "-n"]).arg(&disk.path));
     assert!(
         fsck.status.success(),
         "e2fsck: {}\n{}",

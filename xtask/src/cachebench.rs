@@ -10,11 +10,12 @@
 //! medians and the second pass's time as a ratio of the disk's.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use qemu_tests::ext4_image::Ext4Image;
 use qemu_tests::linux_vm::{client_command, tagged_lines, wait_exit, Appliance, ClientImage};
 use qemu_tests::Qemu;
 
@@ -83,29 +84,6 @@ pub fn run_bench(args: &CacheBenchArgs, no_docs: bool) -> Result<()> {
     Ok(())
 }
 
-/// A fresh sparse ext4 image, removed on drop.
-struct Ext4Image(PathBuf);
-
-impl Ext4Image {
-    fn new(mib: u64) -> Result<Ext4Image> {
-        let path = std::env::temp_dir().join(format!("tmem-cachebench-{}.img", std::process::id()));
-        std::fs::File::create(&path)
-            .and_then(|f| f.set_len(mib << 20))
-            .with_context(|| format!("creating {}", path.display()))?;
-        let img = Ext4Image(path);
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-b", "4096"])
-            .arg(&img.0))?;
-        Ok(img)
-    }
-}
-
-impl Drop for Ext4Image {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -117,7 +95,7 @@ fn run_mode(
     mode: &str,
 ) -> Result<BTreeMap<String, String>> {
     let set_mib = u64::from(args.cache_files) * u64::from(args.cache_file_mib);
-    let disk = Ext4Image::new(set_mib + set_mib / 2 + 64)?;
+    let disk = Ext4Image::new("tmem-cachebench", set_mib + set_mib / 2 + 64)?;
     let mut append = format!(
         "tmem_test=cachebench tmem_cache_mode={mode} tmem_files={} tmem_file_mib={}",
         args.cache_files, args.cache_file_mib
@@ -147,7 +125,7 @@ fn run_mode(
         &args.cache_vm_memory
     };
     let mut cmd = client_command(image, memory, 2, &append);
-    cmd.args(["-drive", &drive(&disk.0, args.cache_disk_mbps << 20)]);
+    cmd.args(["-drive", &drive(&disk.path, args.cache_disk_mbps << 20)]);
     let mut vm = Qemu::spawn(&format!("cachebench-{mode}"), cmd)?;
     let waited = vm.wait_for_output(
         "TMEM-CACHEBENCH",
