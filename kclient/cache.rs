@@ -1,6 +1,7 @@
-//! The cache device: `cache_backing=/dev/X` makes this load of kclient `/dev/kcache0`, the
-//! backing device's blocks with clean copies in the appliances' RAM (an ephemeral pool: RAMster's
-//! cleancache half, which Linux 5.17 removed the hooks for).
+//! The cache device: `cache_backing=/dev/X[,/dev/Y...]` makes this load of kclient
+//! `/dev/kcache0` (`kcache1`...), each the backing device's blocks with clean copies in the
+//! appliances' RAM (an ephemeral pool per device: RAMster's cleancache half, which Linux 5.17
+//! removed the hooks for). Each device is a `Client` of its own (`devices.rs`).
 //!
 //! - **Reads**: a block whose copy a fill committed is asked of its appliance with `GET_KEEP`
 //!   (the copy stays and becomes most recently used); anything else (never cached, evicted, the
@@ -28,6 +29,7 @@ use crate::logic::cache_state::{CacheState, FillTicket, WriteStart};
 use crate::logic::placement::{extent_of, NO_APPLIANCE};
 use crate::logic::stripe_gate::STRIPE_PAGES;
 use crate::protocol::PAGE_SIZE;
+use crate::sendq::Ring;
 use crate::spill::{SpillJob, SpillKind};
 use crate::stats::{self, STATS};
 use crate::thread;
@@ -70,7 +72,7 @@ impl Cache {
     }
 }
 
-/// A fill waiting for the fill thread.
+/// A fill waiting for the fill thread (its page's contents are in the slot's buffer).
 #[derive(Clone, Copy)]
 struct FillMeta {
     page: u64,
@@ -78,10 +80,9 @@ struct FillMeta {
 }
 
 struct FillRing {
+    fills: Ring<FillMeta>,
+    /// A page per slot of `fills`.
     data: VVec<u8>,
-    meta: KVec<FillMeta>,
-    head: usize,
-    len: usize,
 }
 
 /// Pages read from (or written to) the backing device, waiting to be put into the cache.
@@ -96,21 +97,13 @@ pub(crate) struct FillQueue {
 impl FillQueue {
     /// Room for `slots` pages (0: not a cache device).
     pub(crate) fn new(slots: usize) -> Result<impl PinInit<Self>> {
-        let mut meta = KVec::with_capacity(slots, GFP_KERNEL)?;
-        for _ in 0..slots {
-            meta.push(
-                FillMeta {
-                    page: 0,
-                    ticket: None,
-                },
-                GFP_KERNEL,
-            )?;
-        }
+        let filler = FillMeta {
+            page: 0,
+            ticket: None,
+        };
         let ring = FillRing {
+            fills: Ring::new(slots, filler)?,
             data: VVec::from_elem(0u8, slots * PAGE_SIZE, GFP_KERNEL)?,
-            meta,
-            head: 0,
-            len: 0,
         };
         Ok(pin_init!(Self {
             ring <- new_mutex!(ring, "kclient:fills"),
@@ -120,22 +113,22 @@ impl FillQueue {
 
     /// Queues a copy of `data` (a page) to be put as block `page` under `ticket`; false if full.
     pub(crate) fn push(&self, page: u64, ticket: FillTicket, data: &[u8]) -> bool {
-        let mut r = self.ring.lock();
-        let cap = r.meta.len();
-        if r.len == cap || data.len() != PAGE_SIZE {
+        let mut guard = self.ring.lock();
+        let FillRing { fills, data: pages } = &mut *guard;
+        if data.len() != PAGE_SIZE {
             return false;
         }
-        let at = (r.head + r.len) % cap;
-        let Some(dst) = r.data.get_mut(at * PAGE_SIZE..(at + 1) * PAGE_SIZE) else {
-            return false;
-        };
-        dst.copy_from_slice(data);
-        r.meta[at] = FillMeta {
+        let meta = FillMeta {
             page,
             ticket: Some(ticket),
         };
-        r.len += 1;
-        drop(r);
+        let Ok(at) = fills.push(meta) else {
+            return false;
+        };
+        if let Some(dst) = pages.get_mut(at * PAGE_SIZE..(at + 1) * PAGE_SIZE) {
+            dst.copy_from_slice(data);
+        }
+        drop(guard);
         self.wake.notify_one();
         true
     }
@@ -143,39 +136,37 @@ impl FillQueue {
     /// Waits up to `timeout_ms` for a queued fill; true if there is one.
     fn wait(&self, timeout_ms: u32) -> bool {
         let mut r = self.ring.lock();
-        if r.len == 0 {
+        if r.fills.is_empty() {
             let _ = self
                 .wake
                 .wait_interruptible_timeout(&mut r, msecs_to_jiffies(timeout_ms));
         }
-        r.len > 0
+        !r.fills.is_empty()
     }
 
     /// Fills queued.
     fn len(&self) -> usize {
-        self.ring.lock().len
+        self.ring.lock().fills.len()
     }
 
     /// Takes the oldest fill and those right behind it in the same stripe, calling
     /// `f(page, ticket, data)` for each; returns the stripe's first page (None: empty).
     fn pop_stripe(&self, mut f: impl FnMut(u64, FillTicket, &[u8])) -> Option<u64> {
-        let mut r = self.ring.lock();
-        let cap = r.meta.len();
-        let first = r.meta.get(r.head).filter(|_| r.len > 0)?.page;
-        let stripe = first / STRIPE_PAGES;
-        while r.len > 0 {
-            let m = r.meta[r.head];
-            if m.page / STRIPE_PAGES != stripe {
+        let mut guard = self.ring.lock();
+        let FillRing { fills, data } = &mut *guard;
+        let stripe = fills.peek()?.page / STRIPE_PAGES;
+        while fills
+            .peek()
+            .is_some_and(|m| m.page / STRIPE_PAGES == stripe)
+        {
+            let Some((at, m)) = fills.pop_slot() else {
                 break;
+            };
+            if let (Some(t), Some(page)) =
+                (m.ticket, data.get(at * PAGE_SIZE..(at + 1) * PAGE_SIZE))
+            {
+                f(m.page, t, page);
             }
-            if let (Some(t), Some(data)) = (
-                m.ticket,
-                r.data.get(r.head * PAGE_SIZE..(r.head + 1) * PAGE_SIZE),
-            ) {
-                f(m.page, t, data);
-            }
-            r.head = (r.head + 1) % cap;
-            r.len -= 1;
         }
         Some(stripe * STRIPE_PAGES)
     }

@@ -102,6 +102,15 @@ fn words(pages: u64) -> Result<KVec<AtomicU64>> {
     Ok(v)
 }
 
+/// Largest request in pages: 256 KiB, one BATCH frame's worth (a request crossing a stripe
+/// boundary becomes two runs).
+pub(crate) const MAX_PAGES: u32 = 64;
+/// Tags per hardware queue. What the kernel may queue is bounded by tags x request size: with
+/// 1 MiB requests and 128 tags it queued hundreds of MiB of writeback, which took longer than
+/// `io_timeout_ms` to drain on a slow link (doubled by replicas). 32 x 256 KiB per queue keeps a
+/// client's backlog to a few seconds even at 10 MB/s, far above what a real link needs in flight.
+pub(crate) const QUEUE_DEPTH: u32 = 32;
+
 /// Spill jobs that can wait at once (more fail the page: the device is far behind).
 const SPILL_JOBS: usize = 8192;
 
@@ -184,7 +193,8 @@ impl Client {
         let repair_slot = RepairSlot::new()?;
         // Every page of every request in flight fits (a cache device sends them all here when
         // nothing is cached yet): queues x tags x pages.
-        let spill_q = SpillQueue::new(SPILL_JOBS.max(cfg.nr_conns as usize * 32 * 64))?;
+        let spill_q =
+            SpillQueue::new(SPILL_JOBS.max((cfg.nr_conns * QUEUE_DEPTH * MAX_PAGES) as usize))?;
         let cache = if cfg.cache {
             Some(Cache::new(cfg.pages)?)
         } else {
@@ -652,50 +662,4 @@ fn fmt_name(buf: &mut [u8; 16], prefix: &[u8], a: usize, b: usize) -> usize {
     }
     buf[n] = 0;
     n + 1
-}
-
-impl Client {
-    /// The debugfs `stats` file: the global counters, then one block per appliance.
-    pub(crate) fn format_stats(&self, buf: &mut [u8]) -> usize {
-        use core::fmt::Write;
-        let mut w = stats::writer(buf);
-        let (up, all) = self.connections();
-        stats::format(&mut w, up, all);
-        let _ = writeln!(w, "replicas {}", self.cfg.replicas);
-        let _ = writeln!(w, "degraded_extents {}", self.degraded_extents());
-        let _ = writeln!(w, "unreadable_pages {}", self.unreadable_pages());
-        for app in self.apps.iter() {
-            let i = app.idx;
-            let (held, stale) = self.appliance_pages(i);
-            let _ = writeln!(w, "appliance.{i}.addr {}", Addr(app.addr()));
-            let _ = writeln!(w, "appliance.{i}.state {}", app.state().name());
-            let _ = writeln!(w, "appliance.{i}.connections_up {}", app.conns_up());
-            let _ = writeln!(w, "appliance.{i}.pages_held {held}");
-            let _ = writeln!(w, "appliance.{i}.pages_stale {stale}");
-            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-            let _ = writeln!(
-                w,
-                "appliance.{i}.pages_repaired {}",
-                get(&app.pages_repaired)
-            );
-            let _ = writeln!(
-                w,
-                "appliance.{i}.write_failures {}",
-                get(&app.write_failures)
-            );
-            let _ = writeln!(w, "appliance.{i}.downs {}", get(&app.downs));
-            let _ = writeln!(w, "appliance.{i}.pools_lost {}", get(&app.pools_lost));
-            let _ = writeln!(
-                w,
-                "appliance.{i}.full {}",
-                u8::from(app.full.load(Ordering::Relaxed))
-            );
-            let _ = writeln!(
-                w,
-                "appliance.{i}.read_latency_us {}",
-                app.read_latency_us.load(Ordering::Relaxed)
-            );
-        }
-        w.written()
-    }
 }

@@ -31,9 +31,35 @@ pub(crate) struct Config {
     /// NUL-terminated path of the spill device, if any; with [`Config::cache`], the backing
     /// device.
     pub(crate) spill: Option<KVec<u8>>,
-    /// `cache_backing`: this load is the cache device `/dev/kcache0` over `spill` (its size
-    /// replaces `pages`), not the swap device.
+    /// This is a cache device (`/dev/kcacheN`) over `spill` (its size replaces `pages`), not the
+    /// swap device.
     pub(crate) cache: bool,
+}
+
+/// Cache devices one load can make (`/dev/kcache0` .. `/dev/kcache7`).
+pub(crate) const MAX_CACHE_DEVICES: usize = 8;
+
+/// The NUL-terminated paths in `cache_backing` (comma-separated, at most [`MAX_CACHE_DEVICES`],
+/// no duplicates); empty if not given.
+fn backing_paths(list: &[u8]) -> Result<KVec<KVec<u8>>> {
+    let mut paths: KVec<KVec<u8>> = KVec::new();
+    for part in list.split(|&c| c == b',') {
+        if part.is_empty() {
+            continue;
+        }
+        let dup = paths.iter().any(|p| p.get(..p.len() - 1) == Some(part));
+        if dup || paths.len() == MAX_CACHE_DEVICES {
+            pr_err!(
+                "cache_backing=/dev/X[,/dev/Y...]: at most {} devices, each once\n",
+                MAX_CACHE_DEVICES
+            );
+            return Err(EINVAL);
+        }
+        if let Some(p) = path_param(part)? {
+            paths.push(p, GFP_KERNEL)?;
+        }
+    }
+    Ok(paths)
 }
 
 /// A module parameter holding a path, NUL-terminated; `None` if empty.
@@ -48,8 +74,9 @@ fn path_param(path: &[u8]) -> Result<Option<KVec<u8>>> {
 }
 
 impl Config {
-    /// Reads and checks the parameters; says what is wrong in the kernel log.
-    pub(crate) fn from_params() -> Result<Self> {
+    /// Reads and checks the parameters (saying what is wrong in the kernel log): one
+    /// configuration per device this load makes, the swap device or one per `cache_backing` path.
+    pub(crate) fn from_params() -> Result<KVec<Self>> {
         let mut buf = [0u8; 256];
         let targets = parse_targets(params::remote_target(&mut buf)).map_err(|e| {
             pr_err!(
@@ -105,12 +132,11 @@ impl Config {
             c => c.clamp(1, 16),
         };
         let mut spill_buf = [0u8; 128];
-        let mut spill = path_param(params::spill(&mut spill_buf))?;
-        let mut cache_buf = [0u8; 128];
-        let cache_backing = path_param(params::cache_backing(&mut cache_buf))?;
-        let cache = cache_backing.is_some();
+        let spill = path_param(params::spill(&mut spill_buf)?)?;
+        let mut cache_buf = [0u8; 512];
+        let backings = backing_paths(params::cache_backing(&mut cache_buf)?)?;
         let mut replicas = replicas;
-        if cache {
+        if !backings.is_empty() {
             if spill.is_some() || params::encrypt_pages() {
                 pr_err!("cache_backing= does not go with spill= or encrypt_pages=1 (not supported yet)\n");
                 return Err(EINVAL);
@@ -120,9 +146,8 @@ impl Config {
                 return Err(EINVAL);
             }
             replicas = 1;
-            spill = cache_backing;
         }
-        Ok(Self {
+        let base = Self {
             targets,
             pages,
             io_timeout_ms: params::io_timeout_ms(),
@@ -136,7 +161,26 @@ impl Config {
             compress: params::compress(),
             encrypt_pages: params::encrypt_pages(),
             spill,
-            cache,
-        })
+            cache: false,
+        };
+        let mut configs = KVec::with_capacity(backings.len().max(1), GFP_KERNEL)?;
+        if backings.is_empty() {
+            configs.push(base, GFP_KERNEL)?;
+        } else {
+            for backing in backings {
+                configs.push(base.cache_over(backing), GFP_KERNEL)?;
+            }
+        }
+        Ok(configs)
+    }
+
+    /// The same settings for a cache device over `backing`.
+    fn cache_over(&self, backing: KVec<u8>) -> Self {
+        Self {
+            key: self.key.as_ref().map(SecretKey::duplicate),
+            spill: Some(backing),
+            cache: true,
+            ..*self
+        }
     }
 }

@@ -149,6 +149,11 @@ impl SecretKey {
         Self(k)
     }
 
+    /// A second copy (each copy is wiped when dropped).
+    pub(crate) fn duplicate(&self) -> Self {
+        Self(self.0)
+    }
+
     pub(crate) fn bytes(&self) -> &[u8; KEY_LEN] {
         &self.0
     }

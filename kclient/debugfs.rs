@@ -1,5 +1,5 @@
 //! `/sys/kernel/debug/kclient/stats`: the file is created in C (`kc_debugfs_init`), its contents
-//! are formatted here by `stats::format`, with the live client's connection state.
+//! are formatted here (`Devices::format_stats`), with the live devices' connection state.
 
 use core::sync::atomic::{AtomicPtr, Ordering};
 
@@ -9,20 +9,20 @@ use kernel::prelude::*;
 use kernel::sync::Arc;
 use kernel::types::ForeignOwnable;
 
-use crate::client::Client;
+use crate::devices::Devices;
 use crate::ffi;
 
-/// The client whose connections the file reports: an `Arc<Client>` turned into a raw pointer by
+/// The devices whose counters and connections the file reports: an `Arc<Devices>` turned into a raw pointer by
 /// [`StatsFile::create`], or null.
 static SOURCE: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 
-/// The debugfs directory and its `stats` file, removed on drop. It holds a reference to the client.
+/// The debugfs directory and its `stats` file, removed on drop. It holds a reference to the devices.
 pub(crate) struct StatsFile(());
 
 impl StatsFile {
     /// Creates `/sys/kernel/debug/kclient/stats`. Only one may exist (`EBUSY` otherwise).
-    pub(crate) fn create(client: Arc<Client>) -> Result<Self> {
-        let ptr = client.into_foreign().cast_mut();
+    pub(crate) fn create(devices: Arc<Devices>) -> Result<Self> {
+        let ptr = devices.into_foreign().cast_mut();
         if SOURCE
             .compare_exchange(
                 core::ptr::null_mut(),
@@ -33,10 +33,10 @@ impl StatsFile {
             .is_err()
         {
             // SAFETY: `ptr` came from `into_foreign` just above and was never shared.
-            drop(unsafe { Arc::<Client>::from_foreign(ptr) });
+            drop(unsafe { Arc::<Devices>::from_foreign(ptr) });
             return Err(EBUSY);
         }
-        // SAFETY: no preconditions; readers of the file find the client stored above.
+        // SAFETY: no preconditions; readers of the file find the devices stored above.
         if let Err(e) = to_result(unsafe { ffi::kc_debugfs_init() }) {
             release();
             return Err(e);
@@ -60,7 +60,7 @@ fn release() {
     if !ptr.is_null() {
         // SAFETY: `ptr` came from `into_foreign` in `StatsFile::create`, and the file it serves is
         // gone (or was never created), so nothing borrows it any more.
-        drop(unsafe { Arc::<Client>::from_foreign(ptr) });
+        drop(unsafe { Arc::<Devices>::from_foreign(ptr) });
     }
 }
 
@@ -80,6 +80,6 @@ pub(crate) extern "C" fn kclient_stats_format(buf: *mut c_char, len: usize) -> u
     // SAFETY: `ptr` came from `into_foreign` in `StatsFile::create`; `StatsFile::drop` releases it
     // only after `kc_debugfs_exit` removed the file and waited for running readers (this call is
     // one).
-    let client = unsafe { Arc::<Client>::borrow(ptr) };
-    client.format_stats(buf)
+    let devices = unsafe { Arc::<Devices>::borrow(ptr) };
+    devices.format_stats(buf)
 }

@@ -420,7 +420,7 @@ MODULE_PARM_DESC(spill, "Block device for pages no appliance has room for (defau
 
 static char *cache_backing;
 module_param(cache_backing, charp, 0444);
-MODULE_PARM_DESC(cache_backing, "Block device to cache: creates /dev/kcache0 instead of /dev/kclient0, its reads served from the appliances' ephemeral pools (default none)");
+MODULE_PARM_DESC(cache_backing, "Block devices to cache, comma-separated (at most 8): creates /dev/kcache0, kcache1... instead of /dev/kclient0, their reads served from the appliances' ephemeral pools (default none)");
 
 static bool insecure;
 module_param(insecure, bool, 0444);
@@ -498,18 +498,20 @@ u32 kc_param_repair_pages_per_s(void)
 	return max_t(u32, repair_pages_per_s, 1);
 }
 
+/* Returns the length copied, or len if it did not fit. */
 size_t kc_param_spill(char *buf, size_t len)
 {
 	if (!len || !spill || !*spill)
 		return 0;
-	return strscpy(buf, spill, len) < 0 ? 0 : strlen(buf);
+	return strscpy(buf, spill, len) < 0 ? len : strlen(buf);
 }
 
+/* Returns the length copied, or len if it did not fit. */
 size_t kc_param_cache_backing(char *buf, size_t len)
 {
 	if (!len || !cache_backing || !*cache_backing)
 		return 0;
-	return strscpy(buf, cache_backing, len) < 0 ? 0 : strlen(buf);
+	return strscpy(buf, cache_backing, len) < 0 ? len : strlen(buf);
 }
 
 bool kc_param_insecure(void)

@@ -29,6 +29,7 @@ mod conn;
 mod crypto;
 #[allow(unsafe_code)]
 mod debugfs;
+mod devices;
 mod ffi;
 mod io;
 mod link;
@@ -62,12 +63,14 @@ mod transport;
 mod protocol;
 
 use kernel::prelude::*;
+use kernel::str::BStr;
 use kernel::sync::Arc;
 
 use blk::{Disk, DiskConfig, TagSet};
-use client::Client;
+use client::{Client, MAX_PAGES, QUEUE_DEPTH};
 use config::Config;
 use debugfs::StatsFile;
+use devices::Devices;
 use params::TargetHook;
 
 module! {
@@ -78,30 +81,27 @@ module! {
     license: "GPL",
 }
 
-/// Largest request in pages: 256 KiB, one BATCH frame's worth (a request crossing a stripe
-/// boundary becomes two runs).
-const MAX_PAGES: u32 = 64;
-/// Tags per hardware queue. What the kernel may queue is bounded by tags x request size: with
-/// 1 MiB requests and 128 tags it queued hundreds of MiB of writeback, which took longer than
-/// `io_timeout_ms` to drain on a slow link (doubled by replicas). 32 x 256 KiB per queue keeps a
-/// client's backlog to a few seconds even at 10 MB/s, far above what a real link needs in flight.
-const QUEUE_DEPTH: u32 = 32;
-
 /// blk-mq's request timeout on a cache device (see `init`).
 const CACHE_RQ_TIMEOUT_MS: u32 = 300_000;
 
 struct KClient {
-    /// Routes runtime `remote_target` writes to the client; removed first on unload.
+    /// Routes runtime `remote_target` writes to the devices; removed first on unload.
     target_hook: Option<TargetHook>,
     /// `/sys/kernel/debug/kclient/stats`, if debugfs is available.
     stats_file: Option<StatsFile>,
+    devices: KVec<Device>,
+}
+
+/// One block device of this load and the client serving it; dropping it takes the device away,
+/// then the client's pools and threads.
+struct Device {
     disk: Option<Disk<Client>>,
     client: Arc<Client>,
 }
 
-impl kernel::Module for KClient {
-    fn init(module: &'static ThisModule) -> Result<Self> {
-        let cfg = Config::from_params()?;
+impl Device {
+    /// The client for `cfg`, connected, and its disk: `/dev/kclient0`, or `/dev/kcache<n>`.
+    fn new(cfg: Config, n: usize, module: &'static ThisModule) -> Result<Self> {
         let (conns, timeout) = (cfg.nr_conns, cfg.io_timeout_ms);
         let (apps, replicas) = (cfg.targets.len(), cfg.replicas);
         // A cache device's requests wait for its backing device, behind every page queued for it
@@ -114,19 +114,23 @@ impl kernel::Module for KClient {
             timeout
         };
         let set = TagSet::<Client>::new(conns, QUEUE_DEPTH, rq_timeout)?;
-        let client = Client::new(cfg, set.clone())?;
-        if let Err(e) = client.start() {
+        let mut dev = Device {
+            disk: None,
+            client: Client::new(cfg, set.clone())?,
+        };
+        if let Err(e) = dev.client.start() {
             pr_err!("cannot reach any appliance (error {})\n", e.to_errno());
-            client.stop();
             return Err(e);
         }
         // A cache device's size is its backing device's (known once the client opened it).
-        let (pages, cache) = (client.cfg.pages, client.cache.is_some());
-        let name: &[u8] = if cache { b"kcache0" } else { b"kclient0" };
-        let disk = Disk::new(
+        let (pages, cache) = (dev.client.cfg.pages, dev.client.cache.is_some());
+        let mut kcache = *b"kcache0";
+        kcache[6] += n as u8; // n < MAX_CACHE_DEVICES (8)
+        let name: &[u8] = if cache { &kcache } else { b"kclient0" };
+        dev.disk = Some(Disk::new(
             name,
             set,
-            client.clone(),
+            dev.client.clone(),
             &DiskConfig {
                 capacity_sectors: pages * 8,
                 max_pages: MAX_PAGES,
@@ -134,29 +138,11 @@ impl kernel::Module for KClient {
                 write_cache: cache,
             },
             module,
-        );
-        let disk = match disk {
-            Ok(d) => d,
-            Err(e) => {
-                client.stop();
-                return Err(e);
-            }
-        };
-        let target_hook = match TargetHook::install(client.clone()) {
-            Ok(hook) => hook,
-            Err(e) => {
-                drop(disk);
-                client.stop();
-                return Err(e);
-            }
-        };
-        let stats_file = StatsFile::create(client.clone())
-            .inspect_err(|_| pr_warn!("debugfs unavailable; no counters\n"))
-            .ok();
+        )?);
         pr_info!(
             "/dev/{} ready: {} MiB{} on {} appliance(s), {} replica(s), {} connection(s) each, \
              I/O timeout {} ms\n",
-            if cache { "kcache0" } else { "kclient0" },
+            BStr::from_bytes(name),
             pages / 256,
             if cache {
                 ", caching the backing device's blocks"
@@ -168,11 +154,39 @@ impl kernel::Module for KClient {
             conns,
             timeout
         );
+        Ok(dev)
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // The disk first: del_gendisk waits for in-flight I/O, which the connections complete.
+        drop(self.disk.take());
+        self.client.destroy_pools();
+        self.client.stop();
+    }
+}
+
+impl kernel::Module for KClient {
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        let configs = Config::from_params()?;
+        let mut devices = KVec::with_capacity(configs.len(), GFP_KERNEL)?;
+        let mut clients = KVec::with_capacity(configs.len(), GFP_KERNEL)?;
+        // On an error, the devices made so far are dropped (taken away) on return.
+        for (n, cfg) in configs.into_iter().enumerate() {
+            let dev = Device::new(cfg, n, module)?;
+            clients.push(dev.client.clone(), GFP_KERNEL)?;
+            devices.push(dev, GFP_KERNEL)?;
+        }
+        let all = Arc::new(Devices { clients }, GFP_KERNEL)?;
+        let target_hook = TargetHook::install(all.clone())?;
+        let stats_file = StatsFile::create(all)
+            .inspect_err(|_| pr_warn!("debugfs unavailable; no counters\n"))
+            .ok();
         Ok(KClient {
             target_hook: Some(target_hook),
             stats_file,
-            disk: Some(disk),
-            client,
+            devices,
         })
     }
 }
@@ -180,13 +194,11 @@ impl kernel::Module for KClient {
 impl Drop for KClient {
     fn drop(&mut self) {
         // No more parameter callbacks (waits for a running one), then no more debugfs readers
-        // (waits for running ones); each drops its reference to the client.
+        // (waits for running ones); each drops its reference to the devices.
         drop(self.target_hook.take());
         drop(self.stats_file.take());
-        // The disk next: del_gendisk waits for in-flight I/O, which the connections complete.
-        drop(self.disk.take());
-        self.client.destroy_pools();
-        self.client.stop();
+        // Then each device: its disk, pools and threads.
+        drop(core::mem::take(&mut self.devices));
         pr_info!("unloaded\n");
     }
 }

@@ -1,5 +1,5 @@
 //! The module parameters (declared in C with `module_param`, see `kclient_helpers.c`) and the hook
-//! that hands runtime writes of `remote_target` to the live client.
+//! that hands runtime writes of `remote_target` to the live devices.
 
 use core::sync::atomic::{AtomicPtr, Ordering};
 
@@ -8,7 +8,7 @@ use kernel::prelude::*;
 use kernel::sync::Arc;
 use kernel::types::ForeignOwnable;
 
-use crate::client::Client;
+use crate::devices::Devices;
 use crate::ffi;
 
 /// Copies the current `remote_target` into `buf` and returns it (without the NUL; truncated to
@@ -87,19 +87,30 @@ pub(crate) fn repair_pages_per_s() -> u32 {
     unsafe { ffi::kc_param_repair_pages_per_s() }
 }
 
-/// Copies `spill` (a block device path) into `buf` and returns it; empty if not given.
-pub(crate) fn spill(buf: &mut [u8]) -> &[u8] {
+/// Copies `spill` (a block device path) into `buf` and returns it; empty if not given,
+/// `EINVAL` if longer than `buf` holds.
+pub(crate) fn spill(buf: &mut [u8]) -> Result<&[u8]> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the helper writes at most that many
-    // (NUL included) and returns the string's length, below `buf.len()`.
+    // (NUL included) and returns the string's length (below `buf.len()`) or `buf.len()`.
     let n = unsafe { ffi::kc_param_spill(buf.as_mut_ptr().cast::<c_char>(), buf.len()) };
-    buf.get(..n).unwrap_or(&[])
+    whole(buf, n, "spill")
 }
 
-/// Copies `cache_backing` (a block device path) into `buf` and returns it; empty if not given.
-pub(crate) fn cache_backing(buf: &mut [u8]) -> &[u8] {
+/// Copies `cache_backing` (block device paths) into `buf` and returns it; empty if not given,
+/// `EINVAL` if longer than `buf` holds.
+pub(crate) fn cache_backing(buf: &mut [u8]) -> Result<&[u8]> {
     // SAFETY: as in `spill`.
     let n = unsafe { ffi::kc_param_cache_backing(buf.as_mut_ptr().cast::<c_char>(), buf.len()) };
-    buf.get(..n).unwrap_or(&[])
+    whole(buf, n, "cache_backing")
+}
+
+/// The first `n` bytes of `buf`, unless the parameter did not fit (`n` is `buf.len()`).
+fn whole<'a>(buf: &'a [u8], n: usize, name: &str) -> Result<&'a [u8]> {
+    if n >= buf.len() {
+        pr_err!("{} is too long (at most {} bytes)\n", name, buf.len() - 1);
+        return Err(EINVAL);
+    }
+    Ok(buf.get(..n).unwrap_or(&[]))
 }
 
 /// `insecure`.
@@ -120,18 +131,18 @@ pub(crate) fn online_cpus() -> u32 {
     unsafe { ffi::kc_num_online_cpus() }
 }
 
-/// The client that runtime `remote_target` writes go to: an `Arc<Client>` turned into a raw
+/// The devices that runtime `remote_target` writes go to: an `Arc<Devices>` turned into a raw
 /// pointer by [`TargetHook::install`], or null.
 static HOOKED: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 
 /// While this exists, writes to `/sys/module/kclient/parameters/remote_target` are validated and
-/// passed to the client (`Client::set_targets`). It holds a reference to the client.
+/// passed to every device (`Devices::set_targets`). It holds a reference to the devices.
 pub(crate) struct TargetHook(());
 
 impl TargetHook {
-    /// Routes `remote_target` writes to `client`. Only one hook may exist (`EBUSY` otherwise).
-    pub(crate) fn install(client: Arc<Client>) -> Result<Self> {
-        let ptr = client.into_foreign().cast_mut();
+    /// Routes `remote_target` writes to `devices`. Only one hook may exist (`EBUSY` otherwise).
+    pub(crate) fn install(devices: Arc<Devices>) -> Result<Self> {
+        let ptr = devices.into_foreign().cast_mut();
         if HOOKED
             .compare_exchange(
                 core::ptr::null_mut(),
@@ -142,11 +153,11 @@ impl TargetHook {
             .is_err()
         {
             // SAFETY: `ptr` came from `into_foreign` just above and was never shared.
-            drop(unsafe { Arc::<Client>::from_foreign(ptr) });
+            drop(unsafe { Arc::<Devices>::from_foreign(ptr) });
             return Err(EBUSY);
         }
         // SAFETY: no preconditions; from now on parameter writes call `kclient_target_changed`,
-        // which finds the client stored above.
+        // which finds the devices stored above.
         unsafe { ffi::kc_params_set_live(true) };
         Ok(Self(()))
     }
@@ -161,7 +172,7 @@ impl Drop for TargetHook {
         if !ptr.is_null() {
             // SAFETY: `ptr` came from `into_foreign` in `install`; the C side no longer calls
             // `kclient_target_changed` (above), so nothing borrows it any more.
-            drop(unsafe { Arc::<Client>::from_foreign(ptr) });
+            drop(unsafe { Arc::<Devices>::from_foreign(ptr) });
         }
     }
 }
@@ -183,8 +194,8 @@ pub(crate) extern "C" fn kclient_target_changed(val: *const c_char) -> c_int {
     if !ptr.is_null() {
         // SAFETY: `ptr` came from `into_foreign` in `TargetHook::install`; `TargetHook::drop`
         // releases it only after `kc_params_set_live(false)` has waited for this call.
-        let client = unsafe { Arc::<Client>::borrow(ptr) };
-        if let Err(e) = client.set_targets(targets) {
+        let devices = unsafe { Arc::<Devices>::borrow(ptr) };
+        if let Err(e) = devices.set_targets(targets) {
             return e.to_errno();
         }
     }

@@ -48,8 +48,9 @@ impl<T: Copy> Ring<T> {
         })
     }
 
-    /// Appends `item`, or gives it back when full.
-    pub(crate) fn push(&mut self, item: T) -> core::result::Result<(), T> {
+    /// Appends `item` and returns its slot (its position, fixed until it is popped: a caller
+    /// may keep data per slot beside the ring), or gives it back when full.
+    pub(crate) fn push(&mut self, item: T) -> core::result::Result<usize, T> {
         let cap = self.items.len();
         if self.len == cap {
             return Err(item);
@@ -57,22 +58,32 @@ impl<T: Copy> Ring<T> {
         let at = (self.head + self.len) % cap;
         self.items[at] = item;
         self.len += 1;
-        Ok(())
+        Ok(at)
     }
 
-    fn peek(&self) -> Option<&T> {
+    /// The oldest item.
+    pub(crate) fn peek(&self) -> Option<&T> {
         (self.len > 0).then(|| &self.items[self.head])
+    }
+
+    /// The oldest item and its slot.
+    pub(crate) fn pop_slot(&mut self) -> Option<(usize, T)> {
+        if self.len == 0 {
+            return None;
+        }
+        let at = self.head;
+        self.head = (self.head + 1) % self.items.len();
+        self.len -= 1;
+        Some((at, self.items[at]))
     }
 
     /// The oldest item.
     pub(crate) fn pop(&mut self) -> Option<T> {
-        if self.len == 0 {
-            return None;
-        }
-        let item = self.items[self.head];
-        self.head = (self.head + 1) % self.items.len();
-        self.len -= 1;
-        Some(item)
+        self.pop_slot().map(|(_, item)| item)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -173,7 +184,7 @@ impl SendQueue {
         if pushed.is_ok() {
             self.wake.notify_one();
         }
-        pushed
+        pushed.map(|_| ())
     }
 
     /// The next item, waiting up to `timeout_ms` for one.

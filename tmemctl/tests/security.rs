@@ -9,7 +9,7 @@ mod common;
 use appliance::keys::KeyRing;
 use appliance::server::IoModel;
 use common::TestAppliance;
-use protocol::noise::{self, MSG1_LEN};
+use protocol::noise::{self, Cipher, MSG1_LEN};
 use protocol::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -310,9 +310,14 @@ fn relay(mut from: TcpStream, mut to: TcpStream, attack: Attack, wire: &Mutex<Ve
     let _ = to.shutdown(std::net::Shutdown::Write);
 }
 
-/// Through the proxy: pool, then three puts each flushed as its own record, then their replies.
-fn session_through(proxy: &Proxy) -> anyhow::Result<()> {
-    let mut c = Client::connect_as(&proxy.addr, &Identity::with_key(A, KEY_A), T)?;
+/// Through the proxy, a session using `cipher`: pool, then three puts each flushed as its own
+/// record, then their replies.
+fn session_through(proxy: &Proxy, cipher: Cipher) -> anyhow::Result<()> {
+    let id = Identity {
+        cipher,
+        ..Identity::with_key(A, KEY_A)
+    };
+    let mut c = Client::connect_as(&proxy.addr, &id, T)?;
     let pool = c.new_pool(PoolKind::Persistent)?;
     let data = page(7);
     let crc = crc32c(&data);
@@ -349,20 +354,29 @@ fn session_through(proxy: &Proxy) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// With each cipher the appliance offers (AES-256-GCM and ChaCha20-Poly1305 records).
 #[test]
 fn records_altered_replayed_reordered_dropped_or_injected_end_the_session() {
     let app = appliance(IoModel::Threads);
+    let mut expected_aead = 0;
+    for cipher in Cipher::ALL {
+        expected_aead = tampered_sessions_end(&app, cipher, expected_aead);
+    }
+}
+
+/// The attacks on sessions using `cipher`; `expected_aead` AEAD failures were counted before.
+/// Returns the count after.
+fn tampered_sessions_end(app: &TestAppliance, cipher: Cipher, mut expected_aead: u64) -> u64 {
     let addr = app.target();
     // Sanity: an honest proxy changes nothing, and the wire never shows the page in clear.
     let p = proxy(&addr, Attack::None, Attack::None);
-    session_through(&p).expect("through an honest proxy");
+    session_through(&p, cipher).expect("through an honest proxy");
     let wire = p.wire.lock().unwrap().clone();
     assert!(wire.len() > 3 * PAGE_SIZE, "the proxy saw the session");
     assert!(
         !wire.windows(18).any(|w| w == b"TMEM-SECRET-MARKER"),
         "page contents crossed the wire in clear"
     );
-    let mut expected_aead = 0;
     // Client -> appliance: record 0 is NEW_POOL, 1..=3 the puts.
     for attack in [
         Attack::FlipBit(1),
@@ -372,8 +386,8 @@ fn records_altered_replayed_reordered_dropped_or_injected_end_the_session() {
         Attack::Inject(2),
     ] {
         let p = proxy(&addr, attack, Attack::None);
-        let r = session_through(&p);
-        assert!(r.is_err(), "{attack:?} went unnoticed");
+        let r = session_through(&p, cipher);
+        assert!(r.is_err(), "{cipher:?}: {attack:?} went unnoticed");
         expected_aead += 1;
         let deadline = Instant::now() + Duration::from_secs(10);
         while app.net().aead_failures.load(Ordering::Relaxed) < expected_aead
@@ -384,21 +398,22 @@ fn records_altered_replayed_reordered_dropped_or_injected_end_the_session() {
         assert_eq!(
             app.net().aead_failures.load(Ordering::Relaxed),
             expected_aead,
-            "{attack:?} not counted by the appliance"
+            "{cipher:?}: {attack:?} not counted by the appliance"
         );
         honest_round_trip(&addr);
     }
     // Appliance -> client: the client refuses the record.
     for attack in [Attack::FlipBit(0), Attack::Replay(0), Attack::Inject(1)] {
         let p = proxy(&addr, Attack::None, attack);
-        let e = session_through(&p).expect_err("client accepted a tampered reply");
+        let e = session_through(&p, cipher).expect_err("client accepted a tampered reply");
         let msg = format!("{e:#}");
         assert!(
             msg.contains("authentication") || msg.contains("record"),
-            "{attack:?}: {msg}"
+            "{cipher:?}: {attack:?}: {msg}"
         );
     }
     honest_round_trip(&addr);
+    expected_aead
 }
 
 /// The same page through an appliance serving clients without keys does show up on the wire:

@@ -1,0 +1,82 @@
+//! The devices one load of kclient makes, the swap device `/dev/kclient0` or a cache device
+//! `/dev/kcacheN` per `cache_backing` path, and what they share: runtime `remote_target` changes
+//! and the debugfs `stats` file. Each device is a [`Client`] of its own (its connections, pool,
+//! threads and page maps); the counters in `stats.rs` are the load's, summed over its devices.
+
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+use crate::appliance::{Addr, State};
+use crate::client::Client;
+use crate::logic::targets::Targets;
+use crate::stats;
+
+/// The clients of this load's devices, in device order.
+pub(crate) struct Devices {
+    pub(crate) clients: KVec<Arc<Client>>,
+}
+
+impl Devices {
+    /// A runtime `remote_target` write, applied to every device.
+    pub(crate) fn set_targets(&self, targets: Targets) -> Result {
+        for c in self.clients.iter() {
+            c.set_targets(targets)?;
+        }
+        Ok(())
+    }
+
+    /// The debugfs `stats` file: the counters, then one block per appliance, each figure summed
+    /// over the devices (a state other than `up` on any device is the appliance's state).
+    pub(crate) fn format_stats(&self, buf: &mut [u8]) -> usize {
+        let mut w = stats::writer(buf);
+        let Some(first) = self.clients.first() else {
+            return 0;
+        };
+        let sum = |f: &dyn Fn(&Client) -> u64| self.clients.iter().map(|c| f(c)).sum::<u64>();
+        let (up, all) = self
+            .clients
+            .iter()
+            .map(|c| c.connections())
+            .fold((0, 0), |(u, a), (cu, ca)| (u + cu, a + ca));
+        stats::format(&mut w, up, all);
+        let _ = writeln!(w, "devices {}", self.clients.len());
+        let _ = writeln!(w, "replicas {}", first.cfg.replicas);
+        let _ = writeln!(w, "degraded_extents {}", sum(&|c| c.degraded_extents()));
+        let _ = writeln!(w, "unreadable_pages {}", sum(&|c| c.unreadable_pages()));
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        for (i, app) in first.apps.iter().enumerate() {
+            let apps = || self.clients.iter().filter_map(move |c| c.apps.get(i));
+            let state = apps()
+                .map(|a| a.state())
+                .find(|s| *s != State::Up)
+                .unwrap_or(State::Up);
+            let held = sum(&|c| c.appliance_pages(i).0);
+            let stale = sum(&|c| c.appliance_pages(i).1);
+            let _ = writeln!(w, "appliance.{i}.addr {}", Addr(app.addr()));
+            let _ = writeln!(w, "appliance.{i}.state {}", state.name());
+            let conns_up: usize = apps().map(|a| a.conns_up()).sum();
+            let _ = writeln!(w, "appliance.{i}.connections_up {conns_up}");
+            let _ = writeln!(w, "appliance.{i}.pages_held {held}");
+            let _ = writeln!(w, "appliance.{i}.pages_stale {stale}");
+            let repaired: u64 = apps().map(|a| get(&a.pages_repaired)).sum();
+            let _ = writeln!(w, "appliance.{i}.pages_repaired {repaired}");
+            let failures: u64 = apps().map(|a| get(&a.write_failures)).sum();
+            let _ = writeln!(w, "appliance.{i}.write_failures {failures}");
+            let downs: u64 = apps().map(|a| get(&a.downs)).sum();
+            let _ = writeln!(w, "appliance.{i}.downs {downs}");
+            let lost: u64 = apps().map(|a| get(&a.pools_lost)).sum();
+            let _ = writeln!(w, "appliance.{i}.pools_lost {lost}");
+            let full = apps().any(|a| a.full.load(Ordering::Relaxed));
+            let _ = writeln!(w, "appliance.{i}.full {}", u8::from(full));
+            let latency = apps()
+                .map(|a| a.read_latency_us.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0);
+            let _ = writeln!(w, "appliance.{i}.read_latency_us {latency}");
+        }
+        w.written()
+    }
+}
