@@ -17,14 +17,15 @@
 
 use crate::connection::Connection;
 use crate::front::FrontEnd;
+use crate::handoff::Handoff;
 use crate::readiness::{Interest, Poller};
 use crate::wake::Waker;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often timeouts and idle buffers are checked.
@@ -149,7 +150,7 @@ impl Shared {
 /// acceptor) is always live.
 fn least_loaded(loops: &[Loop]) -> usize {
     (0..loops.len())
-        .filter(|&i| !loops[i].retired.load(Ordering::Relaxed))
+        .filter(|&i| !loops[i].inbox.is_retired())
         .min_by_key(|&i| loops[i].load.load(Ordering::Relaxed))
         .unwrap_or(0)
 }
@@ -158,27 +159,17 @@ fn least_loaded(loops: &[Loop]) -> usize {
 struct Loop {
     /// Connections it serves or was handed.
     load: AtomicUsize,
-    /// Its thread ended by a panic (a bug): it must be handed nothing more, or those clients
-    /// would wait forever.
-    retired: AtomicBool,
-    /// Connections handed to it and not yet taken.
-    inbox: Mutex<Vec<(TcpStream, SocketAddr)>>,
-    /// Ends its wait when the inbox gets one.
-    waker: Waker,
+    /// Connections handed to it and not yet taken; retired when its thread ended by a panic (a
+    /// bug): it must be handed nothing more, or those clients would wait forever.
+    inbox: Handoff<(TcpStream, SocketAddr), Waker>,
 }
 
 impl Loop {
     fn new() -> io::Result<Loop> {
         Ok(Loop {
             load: AtomicUsize::new(0),
-            retired: AtomicBool::new(false),
-            inbox: Mutex::new(Vec::new()),
-            waker: Waker::new()?,
+            inbox: Handoff::new(Waker::new()?),
         })
-    }
-
-    fn take_inbox(&self) -> Vec<(TcpStream, SocketAddr)> {
-        std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -189,8 +180,7 @@ struct RetireOnPanic<'a>(&'a Loop);
 impl Drop for RetireOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.retired.store(true, Ordering::Relaxed);
-            drop(self.0.take_inbox());
+            drop(self.0.inbox.retire());
         }
     }
 }
@@ -208,7 +198,7 @@ fn serve(me: usize, shared: &Shared, closer: &Sender<TcpStream>) {
     let mut interests = Vec::new();
     while !front.shutdown.is_stopping() {
         let mut progress = false;
-        for (stream, peer) in this.take_inbox() {
+        for (stream, peer) in this.inbox.take() {
             conns.push(Conn::accepted(stream, peer, front, me));
             progress = true;
         }
@@ -248,7 +238,7 @@ fn serve(me: usize, shared: &Shared, closer: &Sender<TcpStream>) {
                 read: true,
                 write: false,
             };
-            interests.push(readable(this.waker.fd()));
+            interests.push(readable(this.inbox.waker().fd()));
             if me == 0 {
                 interests.push(readable(shared.listener.as_raw_fd()));
             }
@@ -259,7 +249,7 @@ fn serve(me: usize, shared: &Shared, closer: &Sender<TcpStream>) {
             }
             // Re-armed only after a wait (not on every busy pass: a system call): the next pass
             // takes the inbox, and a hand-off after this line wakes the next wait at once.
-            this.waker.reset();
+            this.inbox.rearm();
         } else {
             std::thread::sleep(nap);
             let cap = if last_progress.elapsed() >= IDLE_AFTER {
@@ -274,7 +264,7 @@ fn serve(me: usize, shared: &Shared, closer: &Sender<TcpStream>) {
     for conn in conns {
         let _ = closer.send(conn.stream);
     }
-    for (stream, _) in this.take_inbox() {
+    for (stream, _) in this.inbox.retire() {
         let _ = closer.send(stream);
     }
 }
@@ -308,18 +298,22 @@ fn accept_all(shared: &Shared, conns: &mut Vec<Conn>, closer: &Sender<TcpStream>
             continue;
         }
         let _ = stream.set_nodelay(true);
+        // Counted before the hand-off: the loop may serve and close it (and uncount it) at once.
         let to = least_loaded(&shared.loops);
-        let target = &shared.loops[to];
-        target.load.fetch_add(1, Ordering::Relaxed);
-        if to == 0 {
-            conns.push(Conn::accepted(stream, peer, front, 0));
-        } else {
-            target
+        shared.loops[to].load.fetch_add(1, Ordering::Relaxed);
+        let kept = match to {
+            0 => Err((stream, peer)),
+            _ => shared.loops[to]
                 .inbox
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((stream, peer));
-            target.waker.wake();
+                .hand((stream, peer))
+                .inspect_err(|_| {
+                    // That loop retired meanwhile: this one (loop 0) keeps it.
+                    shared.loops[to].load.fetch_sub(1, Ordering::Relaxed);
+                    shared.loops[0].load.fetch_add(1, Ordering::Relaxed);
+                }),
+        };
+        if let Err((stream, peer)) = kept {
+            conns.push(Conn::accepted(stream, peer, front, 0));
         }
     }
 }
@@ -423,10 +417,10 @@ mod tests {
     fn connections_go_to_the_least_loaded_live_loop() {
         let l = loops(&[3, 1, 1, 2]);
         assert_eq!(least_loaded(&l), 1, "fewest, lowest index among equals");
-        l[1].retired.store(true, Ordering::Relaxed);
+        drop(l[1].inbox.retire());
         assert_eq!(least_loaded(&l), 2);
-        l[2].retired.store(true, Ordering::Relaxed);
-        l[3].retired.store(true, Ordering::Relaxed);
+        drop(l[2].inbox.retire());
+        drop(l[3].inbox.retire());
         assert_eq!(
             least_loaded(&l),
             0,
@@ -441,7 +435,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let client = TcpStream::connect(addr).unwrap();
         let (server_side, peer) = listener.accept().unwrap();
-        l[1].inbox.lock().unwrap().push((server_side, peer));
+        l[1].inbox.hand((server_side, peer)).unwrap();
         std::thread::scope(|s| {
             let dead = &l[1];
             let r = s
@@ -452,8 +446,14 @@ mod tests {
                 .join();
             assert!(r.is_err());
         });
-        assert!(l[1].retired.load(Ordering::Relaxed));
-        assert!(l[1].inbox.lock().unwrap().is_empty());
+        assert!(l[1].inbox.is_retired());
+        assert!(l[1].inbox.take().is_empty());
+        assert!(
+            l[1].inbox
+                .hand((client.try_clone().unwrap(), peer))
+                .is_err(),
+            "a retired loop is handed nothing"
+        );
         assert_eq!(least_loaded(&l), 0);
         // The handed connection was closed, not left waiting.
         client

@@ -13,6 +13,11 @@ pub mod connection;
 mod event_loop;
 pub mod framing;
 mod front;
+mod handoff;
+/// The locks `handoff` uses (loom's in `tests/loom_handoff.rs`).
+mod handoff_sync {
+    pub(crate) use std::sync::Mutex;
+}
 #[cfg(target_os = "hermit")]
 pub mod hermit_heap;
 pub mod keys;

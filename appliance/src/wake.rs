@@ -1,11 +1,12 @@
 //! Waking an event loop that waits in `poll`: an `eventfd` in its poll set, which another thread
 //! makes readable. Linux and Hermit 0.11 both have `eventfd` and poll it.
 
+use crate::handoff::Wake;
 use crate::readiness::syscall_error;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// A non-blocking eventfd: [`Waker::wake`] makes it readable, [`Waker::reset`] drains it.
+/// A non-blocking eventfd: [`Wake::wake`] makes it readable, [`Wake::reset`] drains it.
 pub(crate) struct Waker {
     fd: OwnedFd,
 }
@@ -26,8 +27,14 @@ impl Waker {
         Ok(Waker { fd })
     }
 
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Wake for Waker {
     /// Makes the descriptor readable (a loop polling it returns).
-    pub(crate) fn wake(&self) {
+    fn wake(&self) {
         let one = 1u64.to_ne_bytes();
         // SAFETY: writes 8 bytes from a live local buffer to our own descriptor. A full counter
         // (EAGAIN) means the loop is already due to wake: nothing to do.
@@ -35,15 +42,11 @@ impl Waker {
     }
 
     /// Drains it, so the next poll waits again.
-    pub(crate) fn reset(&self) {
+    fn reset(&self) {
         let mut count = [0u8; 8];
         // SAFETY: reads at most 8 bytes into a live local buffer from our own descriptor;
         // EAGAIN (nothing to drain) is fine.
         let _ = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
-    }
-
-    pub(crate) fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
     }
 }
 
