@@ -16,8 +16,9 @@
 //! every write moves (`logic/cache_state.rs`, loom-tested), plus a random epoch per load, so a
 //! reload, a reconnect or a restarted appliance can cost hits, never return old contents. The
 //! backing device's I/O is done by the spill thread (`spill.rs`: one page at a time, never in
-//! `queue_rq` or a receive thread); fills are put by the fill thread, a stripe per BATCH, through
-//! the repair slot (the repair thread does not run on a cache: nothing is replicated).
+//! `queue_rq` or a receive thread); fills are put by the fill thread, a stripe per BATCH with two
+//! in flight, through the repair slots (the repair thread does not run on a cache: nothing is
+//! replicated).
 
 use kernel::prelude::*;
 use kernel::sync::{new_condvar, new_mutex, CondVar, Mutex};
@@ -29,6 +30,7 @@ use crate::logic::cache_state::{CacheState, FillTicket, WriteStart};
 use crate::logic::placement::{extent_of, NO_APPLIANCE};
 use crate::logic::stripe_gate::STRIPE_PAGES;
 use crate::protocol::PAGE_SIZE;
+use crate::repair::REPAIR_SLOTS;
 use crate::sendq::Ring;
 use crate::spill::{SpillJob, SpillKind};
 use crate::stats::{self, STATS};
@@ -70,6 +72,14 @@ impl Cache {
     pub(crate) fn object(&self, gen: u32) -> [u64; 3] {
         [self.epoch, u64::from(gen), 0]
     }
+}
+
+/// A BATCH of fills sent (`seq` its repair operation; `None`: not sent, nothing stored), the
+/// first block of its stripe and each block's ticket.
+struct FillBatch {
+    seq: Option<u32>,
+    base: u64,
+    tickets: [Option<FillTicket>; STRIPE_PAGES as usize],
 }
 
 /// A fill waiting for the fill thread (its page's contents are in the slot's buffer).
@@ -362,53 +372,87 @@ impl Client {
         }
     }
 
-    /// Body of the fill thread: puts queued fills into the cache, a stripe per BATCH, and marks
-    /// each block readable if no write began since its ticket.
+    /// Body of the fill thread: puts queued fills into the cache, a stripe per BATCH with up to
+    /// [`REPAIR_SLOTS`] batches in flight (one slot each, in turn), and marks each block
+    /// readable once its batch stored it, if no write began since its ticket.
     pub(crate) fn cache_fill_main(&self) {
         let Some(cache) = self.cache.as_ref() else {
             return;
         };
+        let mut in_flight: [Option<FillBatch>; REPAIR_SLOTS] = [None, None];
+        // The slot the next batch goes to; the other one holds the batch started last.
+        let mut next = 0;
         while !self.stopping() {
-            if !self.fills.wait(200) {
-                continue;
-            }
-            if self.fills.len() < STRIPE_PAGES as usize {
-                // Sequential misses arrive a page at a time: one round trip per stripe, not
-                // per page (the spill thread reads a page in well under this).
-                thread::sleep_ms(FILL_GATHER_MS);
-            }
-            let mut tickets: [Option<FillTicket>; STRIPE_PAGES as usize] =
-                [None; STRIPE_PAGES as usize];
-            let mut slot = self.repair.lock();
-            let base = self.fills.pop_stripe(|page, ticket, data| {
-                let i = (page % STRIPE_PAGES) as usize;
-                slot.set_raw_page(i, data, ticket.gen());
-                tickets[i] = Some(ticket);
-            });
-            drop(slot);
-            let Some(base) = base else { continue };
-            let mask = (0..STRIPE_PAGES as usize)
-                .filter(|&i| tickets[i].is_some())
-                .fold(0u64, |m, i| m | 1 << i);
-            // Placed at the first fill of its extent, on an appliance up and not full.
-            let set = self.replica_set(extent_of(base), true);
-            let up = set[0] != NO_APPLIANCE && self.app(set[0]).is_some_and(|a| a.is_up());
-            let stored = if up {
-                self.repair_op(&set, 0, true, base, mask)
-            } else {
-                0
-            };
-            for (i, t) in tickets.iter().enumerate() {
-                let Some(t) = t else { continue };
-                let committed = stored & (1 << i) != 0
-                    && cache
-                        .state(base + i as u64)
-                        .is_some_and(|s| s.commit_fill(*t));
-                if committed {
-                    stats::inc(&STATS.cache_fills);
+            let busy = in_flight.iter().any(Option::is_some);
+            if in_flight[next].is_none() && self.fills.len() >= STRIPE_PAGES as usize {
+                // A stripe's worth queued and a slot free: another batch in flight.
+                in_flight[next] = self.start_fill(next);
+                next = (next + 1) % REPAIR_SLOTS;
+            } else if busy {
+                // Otherwise the oldest batch ends first (slot `next` if it is taken), while
+                // more fills queue for a fuller next batch.
+                let oldest = if in_flight[next].is_some() {
+                    next
                 } else {
-                    stats::inc(&STATS.cache_fills_dropped);
+                    (next + 1) % REPAIR_SLOTS
+                };
+                if let Some(batch) = in_flight[oldest].take() {
+                    self.finish_fill(cache, batch);
                 }
+            } else if self.fills.wait(200) {
+                if self.fills.len() < STRIPE_PAGES as usize {
+                    // Sequential misses arrive a page at a time: one round trip per stripe,
+                    // not per page (the spill thread reads a page in well under this).
+                    thread::sleep_ms(FILL_GATHER_MS);
+                }
+                in_flight[next] = self.start_fill(next);
+                next = (next + 1) % REPAIR_SLOTS;
+            }
+        }
+    }
+
+    /// Takes the next stripe's fills into repair slot `op` and sends them as one BATCH of PUTs
+    /// to the appliance the stripe is placed on (placed at its first fill, on one up and not
+    /// full); `None` if nothing was queued.
+    fn start_fill(&self, op: usize) -> Option<FillBatch> {
+        let mut tickets: [Option<FillTicket>; STRIPE_PAGES as usize] =
+            [None; STRIPE_PAGES as usize];
+        let mut slots = self.repair.lock();
+        let slot = slots.slot_mut(op)?;
+        let base = self.fills.pop_stripe(|page, ticket, data| {
+            let i = (page % STRIPE_PAGES) as usize;
+            slot.set_raw_page(i, data, ticket.gen());
+            tickets[i] = Some(ticket);
+        });
+        drop(slots);
+        let base = base?;
+        let mask = (0..STRIPE_PAGES as usize)
+            .filter(|&i| tickets[i].is_some())
+            .fold(0u64, |m, i| m | 1 << i);
+        let set = self.replica_set(extent_of(base), true);
+        let up = set[0] != NO_APPLIANCE && self.app(set[0]).is_some_and(|a| a.is_up());
+        let seq = if up {
+            self.repair_start(op, &set, 0, true, base, mask)
+        } else {
+            None
+        };
+        Some(FillBatch { seq, base, tickets })
+    }
+
+    /// Waits for a fill batch's answer and commits each block it stored (readable, unless a
+    /// write began since its ticket).
+    fn finish_fill(&self, cache: &Cache, batch: FillBatch) {
+        let stored = self.repair_wait(batch.seq);
+        for (i, t) in batch.tickets.iter().enumerate() {
+            let Some(t) = t else { continue };
+            let committed = stored & (1 << i) != 0
+                && cache
+                    .state(batch.base + i as u64)
+                    .is_some_and(|s| s.commit_fill(*t));
+            if committed {
+                stats::inc(&STATS.cache_fills);
+            } else {
+                stats::inc(&STATS.cache_fills_dropped);
             }
         }
     }

@@ -30,7 +30,7 @@ use crate::logic::placement::{place, EXTENT_PAGES, NO_APPLIANCE};
 use crate::logic::request::MAX_REPLICAS;
 use crate::logic::stripe_gate::{StripeGate, STRIPE_PAGES};
 use crate::logic::targets::Targets;
-use crate::repair::RepairSlot;
+use crate::repair::RepairSlots;
 use crate::sendq::SendItem;
 use crate::spill::{Spill, SpillQueue};
 use crate::stats::{self, STATS};
@@ -82,7 +82,7 @@ pub(crate) struct Client {
     #[pin]
     pub(crate) spill_q: SpillQueue,
     #[pin]
-    pub(crate) repair: Mutex<RepairSlot>,
+    pub(crate) repair: Mutex<RepairSlots>,
     #[pin]
     pub(crate) repair_done: CondVar,
     #[pin]
@@ -190,7 +190,7 @@ impl Client {
         let stored = words(cfg.pages)?;
         let stale = [words(cfg.pages)?, words(cfg.pages)?, words(cfg.pages)?];
         let spilled = words(cfg.pages)?;
-        let repair_slot = RepairSlot::new()?;
+        let repair_slots = RepairSlots::new()?;
         // Every page of every request in flight fits (a cache device sends them all here when
         // nothing is cached yet): queues x tags x pages.
         let spill_q =
@@ -219,7 +219,7 @@ impl Client {
                 spill_on: spill.is_some(),
                 spill <- new_mutex!(spill, "kclient:spill"),
                 spill_q <- spill_q,
-                repair <- new_mutex!(repair_slot, "kclient:repair"),
+                repair <- new_mutex!(repair_slots, "kclient:repair"),
                 repair_done <- new_condvar!("kclient:repair"),
                 threads <- new_mutex!(KVec::new(), "kclient:threads"),
                 stopping: AtomicBool::new(false),

@@ -9,6 +9,9 @@
 //!
 //! Repair batches queue behind foreground writes like any write (one batch in flight at a time,
 //! so repair takes a small share of a busy link; ahead of writes it starved them into timeouts).
+//! There are two repair slots: the repair thread uses the first (a GET and the PUT of the same
+//! bytes), a cache device's fill thread (`cache.rs`) both in turn, so two fill batches can be in
+//! flight.
 //!
 //! **Ordering against writes.** Repair copies a stripe only when no write is inside it, and
 //! marks the copied pages current only if no write entered it during the copy (otherwise they
@@ -39,7 +42,38 @@ use crate::thread;
 /// Bytes kept per page in the repair buffer: encoding, CRC, length, data.
 const STRIDE: usize = 8 + MAX_PAGE_DATA;
 
-/// The one repair operation in flight (a GET or PUT batch) and the pages it moves.
+/// Repair operations that can be in flight at once.
+pub(crate) const REPAIR_SLOTS: usize = 2;
+
+/// The repair slots; an operation's sequence number says which slot it is in (its low bit).
+pub(crate) struct RepairSlots {
+    /// Operations started, for the sequence numbers.
+    started: u32,
+    ops: [RepairSlot; REPAIR_SLOTS],
+}
+
+impl RepairSlots {
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Self {
+            started: 0,
+            ops: [RepairSlot::new()?, RepairSlot::new()?],
+        })
+    }
+
+    /// Slot `i` (its pages are set before an operation in it starts).
+    pub(crate) fn slot_mut(&mut self, i: usize) -> Option<&mut RepairSlot> {
+        self.ops.get_mut(i)
+    }
+
+    /// The slot of operation `seq`, if that operation is still the slot's.
+    fn op(&mut self, seq: u32) -> Option<&mut RepairSlot> {
+        self.ops
+            .get_mut(seq as usize % REPAIR_SLOTS)
+            .filter(|r| r.seq == seq)
+    }
+}
+
+/// One repair operation (a GET or PUT batch) and the pages it moves.
 pub(crate) struct RepairSlot {
     seq: u32,
     app: usize,
@@ -55,7 +89,7 @@ pub(crate) struct RepairSlot {
 }
 
 impl RepairSlot {
-    pub(crate) fn new() -> Result<Self> {
+    fn new() -> Result<Self> {
         Ok(Self {
             seq: 0,
             app: 0,
@@ -224,8 +258,8 @@ impl Client {
         copied
     }
 
-    /// Runs one repair batch (GET from or PUT to replica `slot`) and waits (bounded) for its
-    /// answer; returns the pages it moved.
+    /// Runs one repair batch (GET from or PUT to replica `slot`) in repair slot 0 and waits
+    /// (bounded) for its answer; returns the pages it moved.
     pub(crate) fn repair_op(
         &self,
         set: &[u8; MAX_REPLICAS],
@@ -234,13 +268,31 @@ impl Client {
         base: u64,
         mask: u64,
     ) -> u64 {
+        let seq = self.repair_start(0, set, slot, put, base, mask);
+        self.repair_wait(seq)
+    }
+
+    /// Starts a repair batch (GET from or PUT to replica `slot`) in repair slot `op` (its pages
+    /// set already for a PUT); returns its sequence number, or `None` if it could not be sent.
+    /// An operation still in that slot is abandoned (its late answer is dropped).
+    pub(crate) fn repair_start(
+        &self,
+        op: usize,
+        set: &[u8; MAX_REPLICAS],
+        slot: u8,
+        put: bool,
+        base: u64,
+        mask: u64,
+    ) -> Option<u32> {
         let app_idx = usize::from(set[usize::from(slot)]);
-        let Some(app) = self.apps.get(app_idx) else {
-            return 0;
-        };
+        let app = self.apps.get(app_idx)?;
         let seq = {
-            let mut r = self.repair.lock();
-            r.seq = r.seq.wrapping_add(1) & 0x07ff_ffff;
+            let mut slots = self.repair.lock();
+            slots.started = slots.started.wrapping_add(1);
+            // The low bit says the slot; 27 bits go on the wire.
+            let seq = ((slots.started << 1) | op as u32) & 0x07ff_ffff;
+            let r = slots.ops.get_mut(op)?;
+            r.seq = seq;
             r.app = app_idx;
             r.slot = slot;
             r.put = put;
@@ -248,27 +300,38 @@ impl Client {
             r.mask = mask;
             r.done = false;
             r.ok = 0;
-            r.seq
+            seq
         };
-        let Some(conn) = app.route(base) else {
-            return 0;
-        };
-        if !conn.is_up()
-            || conn
-                .queue
-                .push(SendItem::Repair { slot, put, seq })
-                .is_err()
-        {
-            return 0;
+        let sent = app.route(base).is_some_and(|conn| {
+            conn.is_up() && conn.queue.push(SendItem::Repair { slot, put, seq }).is_ok()
+        });
+        if !sent {
+            self.repair_failed(seq);
+            return None;
         }
+        Some(seq)
+    }
+
+    /// Waits (bounded by `io_timeout_ms`) for the answer to repair operation `seq`; returns the
+    /// pages it moved (0 if it was not sent).
+    pub(crate) fn repair_wait(&self, seq: Option<u32>) -> u64 {
+        let Some(seq) = seq else {
+            return 0;
+        };
         let deadline = thread::now_ms() + u64::from(self.cfg.io_timeout_ms);
-        let mut r = self.repair.lock();
-        while !(r.done && r.seq == seq) && thread::now_ms() < deadline && !self.stopping() {
+        let mut slots = self.repair.lock();
+        while slots.op(seq).is_some_and(|r| !r.done)
+            && thread::now_ms() < deadline
+            && !self.stopping()
+        {
             let _ = self
                 .repair_done
-                .wait_interruptible_timeout(&mut r, msecs_to_jiffies(100));
+                .wait_interruptible_timeout(&mut slots, msecs_to_jiffies(100));
         }
-        let ok = if r.seq == seq && r.done { r.ok } else { 0 };
+        let Some(r) = slots.op(seq) else {
+            return 0;
+        };
+        let ok = if r.done { r.ok } else { 0 };
         // Late answers to this operation are dropped from now on.
         r.done = true;
         ok
@@ -276,12 +339,12 @@ impl Client {
 
     /// The repair operation `seq` will not be answered (its item was never sent).
     pub(crate) fn repair_failed(&self, seq: u32) {
-        let mut r = self.repair.lock();
-        if r.seq == seq {
+        let mut slots = self.repair.lock();
+        if let Some(r) = slots.op(seq) {
             r.done = true;
             r.ok = 0;
         }
-        drop(r);
+        drop(slots);
         self.repair_done.notify_all();
     }
 
@@ -294,8 +357,11 @@ impl Client {
         seq: u32,
         at: usize,
     ) -> Result<Option<usize>> {
-        let r = self.repair.lock();
-        if r.seq != seq || r.done || r.slot != slot || r.put != put {
+        let mut slots = self.repair.lock();
+        let Some(r) = slots.op(seq) else {
+            return Ok(None);
+        };
+        if r.done || r.slot != slot || r.put != put {
             return Ok(None);
         }
         let pool = self
@@ -354,11 +420,14 @@ impl Client {
         body: &[u8],
         page: &mut [u8; PAGE_SIZE],
     ) -> Result {
-        let mut r = self.repair.lock();
-        if r.seq != id.seq || r.done || r.slot != id.slot || r.put != id.put || r.app != conn.app {
+        let mut slots = self.repair.lock();
+        let Some(r) = slots
+            .op(id.seq)
+            .filter(|r| !r.done && r.slot == id.slot && r.put == id.put && r.app == conn.app)
+        else {
             stats::inc(&STATS.stale_replies);
             return Ok(());
-        }
+        };
         let entries = match Reply::parse(h.opcode, h.status, body) {
             Ok(Reply::Batch(e))
                 if h.opcode == protocol::Opcode::Batch as u8
@@ -368,7 +437,7 @@ impl Client {
             }
             Ok(Reply::Error { .. }) if h.opcode == protocol::Opcode::Batch as u8 => {
                 r.done = true;
-                drop(r);
+                drop(slots);
                 self.repair_done.notify_all();
                 return Ok(());
             }
@@ -407,7 +476,7 @@ impl Client {
         }
         r.ok = ok;
         r.done = true;
-        drop(r);
+        drop(slots);
         self.repair_done.notify_all();
         Ok(())
     }

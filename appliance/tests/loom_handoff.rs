@@ -53,17 +53,22 @@ fn receive(h: &Handoff<u32, Flag>, n: usize) -> Vec<u32> {
     }
 }
 
+/// A hand-off and an acceptor thread running `hand` on it.
+fn with_acceptor<R: Send + 'static>(
+    hand: impl FnOnce(&Handoff<u32, Flag>) -> R + Send + 'static,
+) -> (Arc<Handoff<u32, Flag>>, thread::JoinHandle<R>) {
+    let h = Arc::new(Handoff::new(Flag::default()));
+    let theirs = h.clone();
+    (h, thread::spawn(move || hand(&theirs)))
+}
+
 #[test]
 fn every_handed_connection_reaches_a_sleeping_loop() {
     loom::model(|| {
-        let h = Arc::new(Handoff::new(Flag::default()));
-        let acceptor = {
-            let h = h.clone();
-            thread::spawn(move || {
-                h.hand(1).unwrap();
-                h.hand(2).unwrap();
-            })
-        };
+        let (h, acceptor) = with_acceptor(|h| {
+            h.hand(1).unwrap();
+            h.hand(2).unwrap();
+        });
         let got = receive(&h, 2);
         acceptor.join().unwrap();
         assert_eq!(got, [1, 2], "in order, each once");
@@ -73,11 +78,7 @@ fn every_handed_connection_reaches_a_sleeping_loop() {
 #[test]
 fn a_connection_handed_as_its_loop_retires_is_given_back_or_closed_never_stranded() {
     loom::model(|| {
-        let h = Arc::new(Handoff::new(Flag::default()));
-        let acceptor = {
-            let h = h.clone();
-            thread::spawn(move || h.hand(7))
-        };
+        let (h, acceptor) = with_acceptor(|h| h.hand(7));
         let closed = h.retire();
         let handed = acceptor.join().unwrap();
         match handed {

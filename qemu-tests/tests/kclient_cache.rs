@@ -42,10 +42,10 @@ const DISK_MIB: u64 = 640;
 const SECOND_DISK_MIB: u64 = 64;
 const SECOND_FILES: u32 = 4;
 /// QEMU's throttle of the disk (bytes/s, both directions together): a slow disk. Under TCG with
-/// user networking the fill thread (one BATCH in flight, ~23 ms a round trip) puts about 11 MB/s
-/// back: at a 16 MB/s disk it could not keep up (a 0.53 warm hit ratio), at 8 MB/s it dropped
-/// 3% of the cold pass's fills on an idle host and up to 20% beside a busy one. 6 MB/s leaves it
-/// nearly twice the disk's rate.
+/// user networking the fill thread with one BATCH in flight (~23 ms a round trip) put about
+/// 11 MB/s back: at 8 MB/s it dropped 3% of the cold pass's fills on an idle host and up to 20%
+/// beside a busy one. With two in flight it keeps up with 16 MB/s on an idle host; 6 MB/s leaves
+/// room for a busy one.
 const DISK_BPS: u64 = 6 << 20;
 /// The appliance's store after the restart: below the file set (evictions), above the working
 /// set of the last two passes (a quarter of it).
