@@ -452,6 +452,13 @@ impl Client {
                 }
                 let start = e as u64 * EXTENT_PAGES;
                 let end = (start + EXTENT_PAGES).min(self.cfg.pages);
+                if let Some(cache) = &self.cache {
+                    // A cache device's blocks held there: those a fill made readable.
+                    held += (start..end)
+                        .filter(|&p| cache.state(p).is_some_and(|s| s.lookup().is_some()))
+                        .count() as u64;
+                    continue;
+                }
                 for w in (start / 64)..end.div_ceil(64) {
                     let i = w as usize;
                     let st = self.stored.get(i).map_or(0, |x| x.load(Ordering::Relaxed));

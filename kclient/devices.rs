@@ -53,8 +53,12 @@ impl Devices {
                 .map(|a| a.state())
                 .find(|s| *s != State::Up)
                 .unwrap_or(State::Up);
-            let held = sum(&|c| c.appliance_pages(i).0);
-            let stale = sum(&|c| c.appliance_pages(i).1);
+            // One scan of each device's page maps for both figures.
+            let (held, stale) = self
+                .clients
+                .iter()
+                .map(|c| c.appliance_pages(i))
+                .fold((0, 0), |(h, s), (ch, cs)| (h + ch, s + cs));
             let _ = writeln!(w, "appliance.{i}.addr {}", Addr(app.addr()));
             let _ = writeln!(w, "appliance.{i}.state {}", state.name());
             let conns_up: usize = apps().map(|a| a.conns_up()).sum();
