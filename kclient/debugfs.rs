@@ -12,11 +12,12 @@ use kernel::types::ForeignOwnable;
 use crate::devices::Devices;
 use crate::ffi;
 
-/// The devices whose counters and connections the file reports: an `Arc<Devices>` turned into a raw pointer by
-/// [`StatsFile::create`], or null.
+/// The devices whose counters and connections the file reports: an `Arc<Devices>` turned into a
+/// raw pointer by [`StatsFile::create`], or null.
 static SOURCE: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 
-/// The debugfs directory and its `stats` file, removed on drop. It holds a reference to the devices.
+/// The debugfs directory and its `stats` file, removed on drop. It holds a reference to the
+/// devices.
 pub(crate) struct StatsFile(());
 
 impl StatsFile {

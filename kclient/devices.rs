@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
-use crate::appliance::{Addr, State};
+use crate::appliance::{Addr, Appliance, State};
 use crate::client::Client;
 use crate::logic::targets::Targets;
 use crate::stats;
@@ -46,9 +46,12 @@ impl Devices {
         let _ = writeln!(w, "replicas {}", first.cfg.replicas);
         let _ = writeln!(w, "degraded_extents {}", sum(&|c| c.degraded_extents()));
         let _ = writeln!(w, "unreadable_pages {}", sum(&|c| c.unreadable_pages()));
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         for (i, app) in first.apps.iter().enumerate() {
             let apps = || self.clients.iter().filter_map(move |c| c.apps.get(i));
+            // A counter of this appliance, summed over the devices.
+            let total = |counter: fn(&Appliance) -> &AtomicU64| -> u64 {
+                apps().map(|a| counter(a).load(Ordering::Relaxed)).sum()
+            };
             let state = apps()
                 .map(|a| a.state())
                 .find(|s| *s != State::Up)
@@ -65,14 +68,15 @@ impl Devices {
             let _ = writeln!(w, "appliance.{i}.connections_up {conns_up}");
             let _ = writeln!(w, "appliance.{i}.pages_held {held}");
             let _ = writeln!(w, "appliance.{i}.pages_stale {stale}");
-            let repaired: u64 = apps().map(|a| get(&a.pages_repaired)).sum();
+            let repaired = total(|a| &a.pages_repaired);
             let _ = writeln!(w, "appliance.{i}.pages_repaired {repaired}");
-            let failures: u64 = apps().map(|a| get(&a.write_failures)).sum();
-            let _ = writeln!(w, "appliance.{i}.write_failures {failures}");
-            let downs: u64 = apps().map(|a| get(&a.downs)).sum();
-            let _ = writeln!(w, "appliance.{i}.downs {downs}");
-            let lost: u64 = apps().map(|a| get(&a.pools_lost)).sum();
-            let _ = writeln!(w, "appliance.{i}.pools_lost {lost}");
+            let _ = writeln!(
+                w,
+                "appliance.{i}.write_failures {}",
+                total(|a| &a.write_failures)
+            );
+            let _ = writeln!(w, "appliance.{i}.downs {}", total(|a| &a.downs));
+            let _ = writeln!(w, "appliance.{i}.pools_lost {}", total(|a| &a.pools_lost));
             let full = apps().any(|a| a.full.load(Ordering::Relaxed));
             let _ = writeln!(w, "appliance.{i}.full {}", u8::from(full));
             let latency = apps()
