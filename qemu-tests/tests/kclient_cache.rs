@@ -13,6 +13,7 @@
 //! The same load also makes `/dev/kcache1` over a second ext4 disk (`cache_backing=/dev/vda,/dev/vdb`):
 //! its files sit at the same block numbers as the first disk's with other contents, are read cold
 //! and warm (hit ratio >= 0.9) and verified, so one device is never served the other's blocks.
+//! Before all that, a `cache_backing=` naming one device twice must be refused with a message.
 //!
 //! Afterwards `e2fsck -fn` of both disk images (on the host) must find them clean.
 //! VM test (ignored by `cargo test`; `cargo xtask test-vm` runs it).
@@ -151,6 +152,8 @@ fn ext4_on_the_cache_device_reads_back_every_byte() {
         "the restarted appliance evicted nothing"
     );
     assert_eq!(num(&result, "devices"), Some(2), "{result:?}");
+    // `cache_backing=` naming a device twice was refused with a message, making no device.
+    assert_eq!(num(&result, "refused"), Some(0), "{result:?}");
     for (cold, warm) in [
         ("cold", "warm"),
         ("second-cold", "second-warm"),

@@ -54,6 +54,13 @@ pass() {
 }
 phase cache-setup
 mkdir -p /mnt /mnt2
+# Bad input first: a backing device named twice is refused with a message and makes no device.
+refused_rc=0
+if load_kclient cache_backing=/dev/vda,/dev/vda 2>/dev/null; then
+	refused_rc=1; rmmod kclient
+fi
+dmesg | grep -q "cache_backing=.*each once" || refused_rc=1
+[ -e /dev/kcache0 ] && refused_rc=1
 cache_up; setup_rc=$?
 if [ "$setup_rc" != 0 ]; then
 	echo "TMEM-RESULT test=cache status=fail setup=$setup_rc oops=$(oopses) $(kstats)"
@@ -100,9 +107,9 @@ stats=$(kstats)
 cache_down; down_rc=$?
 oops=$(oopses)
 status=pass
-for rc in $setup_rc $write_rc $second_rc $reload_rc $cold_rc $warm_rc $over_rc $overwritten_rc $killed_rc $refill_rc $subset_rc $rewarm_rc $down_rc; do
+for rc in $refused_rc $setup_rc $write_rc $second_rc $reload_rc $cold_rc $warm_rc $over_rc $overwritten_rc $killed_rc $refill_rc $subset_rc $rewarm_rc $down_rc; do
 	[ "$rc" = 0 ] || status=fail
 done
 [ "$oops" = 0 ] || status=fail
-echo "TMEM-RESULT test=cache status=$status setup=$setup_rc write=$write_rc second=$second_rc reload=$reload_rc cold=$cold_rc warm=$warm_rc overwrite=$over_rc overwritten=$overwritten_rc killed=$killed_rc refill=$refill_rc subset=$subset_rc rewarm=$rewarm_rc down=$down_rc oops=$oops files=$files file_mib=$fmib $stats"
+echo "TMEM-RESULT test=cache status=$status refused=$refused_rc setup=$setup_rc write=$write_rc second=$second_rc reload=$reload_rc cold=$cold_rc warm=$warm_rc overwrite=$over_rc overwritten=$overwritten_rc killed=$killed_rc refill=$refill_rc subset=$subset_rc rewarm=$rewarm_rc down=$down_rc oops=$oops files=$files file_mib=$fmib $stats"
 [ "$oops" = 0 ] || dmesg | tail -80
